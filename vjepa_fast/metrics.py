@@ -1,0 +1,63 @@
+"""Run directory outputs: metrics.jsonl (one JSON object per logged step) and console progress."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+
+class MetricsLog:
+    """Appends to <run_dir>/metrics.jsonl; on resume, drops entries of steps that will be run again."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] < resume_step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a kill: drop it
+            path.write_text("".join(k + "\n" for k in kept))
+        self._f = open(path, "a", buffering=1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v)
+                 for k, v in row.items()}
+        self._f.write(json.dumps(clean) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Progress:
+    """A tqdm bar when tqdm is installed and enabled, otherwise a line per logged step."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar: Optional[Any] = None
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, mininterval=1.0,
+                                file=sys.stderr)
+            except ImportError:
+                self.bar = None
+
+    def update(self, row: Optional[dict] = None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if row is not None:
+                self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                     clips_s=f"{row['clips_per_s']:.1f}", refresh=False)
+        elif self.enabled and row is not None:
+            print(f"step {row['step']:>7d}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+                  f"clips/s {row['clips_per_s']:.1f}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,56 @@
+"""V-JEPA: context encoder + predictor, EMA target encoder, L1 loss on normalised target features.
+
+A plain nn.Module: distribution, compilation and backends are applied from outside (parallel.py).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from vjepa_fast.flops import vjepa_step_flops
+from vjepa_fast.masks import PackedMasks
+from vjepa_fast.ops import l1_target_loss
+
+
+class VJEPA(nn.Module):
+    def __init__(self, encoder: nn.Module, predictor: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def loss_width(self) -> int:
+        return self.encoder.embed_dim
+
+    def step_flops(self, masks: PackedMasks) -> float:
+        """Useful FLOPs of one step on this batch (DESIGN.md performance model)."""
+        enc, pred = self.encoder, self.predictor
+        ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
+        pred_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()
+        patch_dim = enc.patch_embed.proj.weight[0].numel()
+        e = (enc.embed_dim, len(enc.blocks), enc.blocks[0].mlp.fc1.out_features)
+        p = (pred.predictor_embed.out_features, len(pred.predictor_blocks),
+             pred.predictor_blocks[0].mlp.fc1.out_features)
+        return vjepa_step_flops(masks.batch_size, masks.num_tokens, patch_dim, e, p, ctx_lens, pred_lens,
+                                int(masks.tgt_rows.numel()))
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.predictor]
+
+    def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(target, online) parameters in matching order, for the EMA update."""
+        return list(self.target_encoder.parameters()), list(self.encoder.parameters())
+
+    def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor) -> torch.Tensor:
+        """Returns the weighted L1 loss (a scalar); `row_weight` [Rt] carries the per-mask averaging."""
+        with torch.no_grad():
+            h = self.target_encoder(video)  # [B, N, D], after the final norm
+            h = h.reshape(-1, h.shape[-1])
+        ctx = self.encoder(video, rows=masks.ctx_rows, cu_seqlens=masks.ctx_cu, max_seqlen=masks.ctx_max)
+        z = self.predictor(ctx, masks)  # [Rt, D]
+        return l1_target_loss(z, h, masks.tgt_rows, row_weight)
