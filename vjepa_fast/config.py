@@ -272,6 +272,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.hflip_prob: must be in [0, 1]")
     if t.steps < 1:
         raise ConfigError(f"train.steps: must be >= 1, got {t.steps}")
+    if not 0 <= t.seed < 2**63:
+        raise ConfigError(f"train.seed: must be in [0, 2**63), got {t.seed}")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size: must be >= 1, got {t.batch_size}")
     for name in ("log_every", "ckpt_every", "keep_checkpoints", "max_nonfinite"):
