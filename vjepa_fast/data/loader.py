@@ -82,7 +82,10 @@ class RobustDataset(Dataset):
         rng = np.random.default_rng([step, pos])
         for _ in range(MAX_REPLACEMENTS):
             try:
-                sample = self.dataset[index]
+                # Datasets with random clip windows/crops take the global position as their seed key, so every
+                # pass over the data draws fresh windows while staying reproducible.
+                get = getattr(self.dataset, "get", None)
+                sample = get(index, key=(pos,)) if get is not None else self.dataset[index]
                 sample = dict(sample)
                 sample.update(step=step, pos=pos, errors=errors)
                 return sample
