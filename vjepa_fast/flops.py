@@ -42,6 +42,23 @@ def vjepa_step_flops(num_clips: int, num_tokens: int, patch_dim: int, enc: tuple
     return target + 3 * (ctx + predictor)
 
 
+def videomae_step_flops(patch_dim: int, enc: tuple[int, int, int], dec: tuple[int, int, int],
+                        ctx_lens: Sequence[int], dec_lens: Sequence[int], num_targets: int) -> float:
+    """FLOPs of one VideoMAE training step (forward + backward = 3 x forward, no target network).
+
+    enc / dec = (width, depth, mlp_hidden); ctx_lens are the visible sequences' lengths, dec_lens the decoder's
+    (visible + masked) lengths, num_targets the masked rows the head predicts. patch_dim = C * tubelet * patch^2 is
+    both the patch embedding's input and the head's output width. Only visible tubes are embedded usefully (the
+    masked 90% of the patch embedding is wasted work), so only they are counted.
+    """
+    ew, ed, eh = enc
+    dw, dd, dh = dec
+    ctx_rows = int(sum(ctx_lens))
+    encoder = 2 * ctx_rows * patch_dim * ew + encoder_flops(ctx_lens, ew, ed, eh)
+    decoder = 2 * ctx_rows * ew * dw + encoder_flops(dec_lens, dw, dd, dh) + 2 * num_targets * dw * patch_dim
+    return 3 * (encoder + decoder)
+
+
 def device_peak_flops(device: torch.device, override_tflops: Optional[float] = None) -> Optional[float]:
     """Peak FLOP/s for MFU, or None where unknown (CPU, unlisted GPU)."""
     if override_tflops:

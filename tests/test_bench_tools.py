@@ -1,0 +1,78 @@
+"""The benchmark tooling: summary rendering (tables, baselines, merging) and the CPU roofline."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(name, group, median, params=None, **extra):
+    return {"group": group, "name": name, "fullname": f"benchmarks/x.py::{name}", "params": params or {},
+            "stats": {"median": median, "rounds": 5}, "extra_info": extra}
+
+
+def _doc(rows, **machine):
+    return {"machine_info": {"card": "NVIDIA H100 80GB HBM3", "gpu_count": 1, "torch": "2.11.0", **machine},
+            "commit_info": {"id": "0123456789abcdef", "branch": "main", "dirty": False},
+            "datetime": "2025-01-02T03:04:05", "benchmarks": rows}
+
+
+def test_summary_tables_ratios_and_per_shape_baselines(tmp_path):
+    rs = _load("render_summary")
+    rows = [
+        _row("step[fast]", "train_step", 0.5, {"v": "fast"}, clips_per_s=48.0, mfu=0.4123, batch_size=24),
+        _row("step[ref]", "train_step", 0.4, {"v": "ref"}, clips_per_s=20.0, batch_size=8, baseline=True),
+        _row("op[big-ref]", None, 2e-3, {"shape": "big", "v": "ref"}, gb_per_s=1000.0, baseline=True),
+        _row("op[big-fast]", None, 1e-3, {"shape": "big", "v": "fast"}, gb_per_s=2000.0, roofline=0.8),
+        _row("op[small-ref]", None, 4e-6, {"shape": "small", "v": "ref"}, baseline=True),
+        _row("op[small-fast]", None, 1e-6, {"shape": "small", "v": "fast"}),
+    ]
+    text = rs.render(_doc(rows, roofline={"copy_gb_per_s": 2500.0, "matmul_tflops": 700.0,
+                                          "matmul_shape": "8192^3 bf16"}))
+    assert "NVIDIA H100 80GB HBM3" in text and "0123456789ab" in text and "700 TFLOP/s" in text
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
+    # clips/s ratio (batch sizes differ), not the median ratio
+    assert "2.40x" in lines["`step[fast]`"] and "41.2%" in lines["`step[fast]`"]
+    assert "baseline" in lines["`step[ref]`"]
+    # each op row against the baseline of its own shape
+    assert "2.00x" in lines["`op[big-fast]`"] and "80.0%" in lines["`op[big-fast]`"]
+    assert "4.00x" in lines["`op[small-fast]`"]
+    assert "## train_step\n" in text and "## op\n" in text
+
+
+def test_cli_merges_files(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_doc([_row("one", "g", 1e-3)])))
+    b.write_text(json.dumps(_doc([_row("two", "h", 2e-3)], roofline={"copy_gb_per_s": 10.0, "matmul_tflops": None})))
+    out, merged = tmp_path / "s.md", tmp_path / "m.json"
+    subprocess.run([sys.executable, str(BENCH / "render_summary.py"), str(a), str(b), "--out", str(out),
+                    "--merged-json", str(merged)], check=True, timeout=60)
+    text = out.read_text()
+    assert "## g" in text and "## h" in text and "1 ms" in text and "2 ms" in text
+    assert "copy 10 GB/s" in text
+    assert [r["name"] for r in json.loads(merged.read_text())["benchmarks"]] == ["one", "two"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    proc = subprocess.run([sys.executable, str(BENCH / "render_summary.py"), str(bad)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "not pytest-benchmark JSON" in proc.stderr
+
+
+def test_cpu_roofline():
+    rf = _load("roofline")
+    gbps = rf.copy_bandwidth_gbps("cpu", nbytes=1 << 22, repeats=3)
+    assert 0.1 < gbps < 10_000
+    assert rf.matmul_tflops("cpu") is None
+    with pytest.raises(ValueError, match="nbytes"):
+        rf.copy_bandwidth_gbps("cpu", nbytes=-1)
