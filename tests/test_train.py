@@ -104,7 +104,7 @@ def test_resume_gives_the_same_losses(tmp_path, monkeypatch):
 
 
 def _torchrun(nproc, run_dir, extra, env):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(Path(train.__file__)), f"run_dir={run_dir}", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

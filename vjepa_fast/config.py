@@ -89,6 +89,9 @@ class TrainConfig:
     resume: bool = True  # continue from <run_dir>/checkpoints when one exists
     progress: bool = True
     peak_tflops: Optional[float] = None  # override the device's peak for MFU
+    nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
+    profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
+    profile_steps: int = 3
 
 
 @dataclass
@@ -276,7 +279,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.seed: must be in [0, 2**63), got {t.seed}")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size: must be >= 1, got {t.batch_size}")
-    for name in ("log_every", "ckpt_every", "keep_checkpoints", "max_nonfinite"):
+    for name in ("log_every", "ckpt_every", "keep_checkpoints", "max_nonfinite", "profile_steps"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name}: must be >= 1")
     if t.precision not in PRECISIONS:

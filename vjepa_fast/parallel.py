@@ -83,6 +83,10 @@ def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precisi
             for blk in blocks:
                 fully_shard(blk, **kwargs)
         fully_shard(top, **kwargs)
+    # One root over the whole model: FSDP2 keeps a root's parameters unsharded after forward (it expects a backward
+    # right away), which would leave the no-grad target encoder gathered, and its EMA shards mismatched, if each top
+    # module were its own root.
+    fully_shard(model, **kwargs)
 
 
 def parallelize(model: nn.Module, top_modules: list[nn.Module], *, world_size: int, compile: bool,

@@ -35,6 +35,7 @@ from vjepa_fast.flops import device_peak_flops, vjepa_step_flops
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
+from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.schedules import Schedules
 
 log = logging.getLogger("vjepa_fast.train")
@@ -84,6 +85,7 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank (FSDP2 shards what each rank built)
         for op, name in cfg.backends.items():
             ops.set_backend(op, name)
+        enable_nvtx(t.nvtx)
         self.model = build_model(cfg).to(self.device)
         self.encoder = self.model.encoder
         self.num_tokens = self.encoder.num_tokens
@@ -158,7 +160,8 @@ class Trainer:
         self.data_attempts += int(stats[M]) + int(stats[M + 1])
         self.check_data_errors()
         flops = self.step_flops(batch)
-        dev = batch.to(self.device, non_blocking=True)
+        with nvtx_range("data"):
+            dev = batch.to(self.device, non_blocking=True)
         loss = self.compute_loss(dev, self.row_weight(dev.masks, stats[:M]))
         loss_value = loss.detach().clone()
         if self.di.world_size > 1:
@@ -166,20 +169,23 @@ class Trainer:
         loss_value = float(loss_value)
         if not math.isfinite(loss_value):
             return self.skip(step, f"loss is {loss_value}")
-        loss.backward()
-        o = self.cfg.optim
-        max_norm = o.clip_grad if (o.clip_grad > 0 and step >= o.warmup_steps) else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        if not math.isfinite(grad_norm):
-            return self.skip(step, f"gradient norm is {grad_norm}")
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with nvtx_range("backward"):
+            loss.backward()
+        with nvtx_range("optimizer"):
+            o = self.cfg.optim
+            max_norm = o.clip_grad if (o.clip_grad > 0 and step >= o.warmup_steps) else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            if not math.isfinite(grad_norm):
+                return self.skip(step, f"gradient norm is {grad_norm}")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         ema = getattr(self.model, "ema_pairs", None)
         if ema is not None:
-            targets, sources = ema()
-            ops.ema_update_([local_tensor(t) for t in targets], [local_tensor(s) for s in sources],
-                            sched["ema_momentum"])
+            with nvtx_range("ema"):
+                targets, sources = ema()
+                ops.ema_update_([local_tensor(t) for t in targets], [local_tensor(s) for s in sources],
+                                sched["ema_momentum"])
         self.nonfinite_in_a_row = 0
         return {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
                 "clips": int(stats[M + 1])}
@@ -220,8 +226,15 @@ class Trainer:
         metrics = MetricsLog(run_dir / "metrics.jsonl", self.start_step) if di.is_main else None
         progress = Progress(t.steps, self.start_step, t.progress and di.is_main)
         rows, window_start, window_clips, window_flops = [], time.perf_counter(), 0, 0.0
+        profiler = maybe_profile(run_dir, t.profile and di.is_main, t.profile_steps)
+        batches = iter(loader)
         try:
-            for batch in loader:
+            profiler.__enter__()
+            while True:
+                with nvtx_range("data"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 step = batch.step
                 if di.is_main:
                     for err in batch.errors:
@@ -243,7 +256,9 @@ class Trainer:
                 progress.update(logged)
                 if (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps:
                     self.save(step + 1)
+                profiler.step()
         finally:
+            profiler.__exit__(None, None, None)
             progress.close()
             if metrics is not None:
                 metrics.close()

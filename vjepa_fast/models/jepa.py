@@ -12,6 +12,7 @@ import torch.nn as nn
 from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.ops import l1_target_loss
+from vjepa_fast.profiling import nvtx_range
 
 
 class VJEPA(nn.Module):
@@ -48,9 +49,12 @@ class VJEPA(nn.Module):
 
     def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor) -> torch.Tensor:
         """Returns the weighted L1 loss (a scalar); `row_weight` [Rt] carries the per-mask averaging."""
-        with torch.no_grad():
+        with torch.no_grad(), nvtx_range("target"):
             h = self.target_encoder(video)  # [B, N, D], after the final norm
             h = h.reshape(-1, h.shape[-1])
-        ctx = self.encoder(video, rows=masks.ctx_rows, cu_seqlens=masks.ctx_cu, max_seqlen=masks.ctx_max)
-        z = self.predictor(ctx, masks)  # [Rt, D]
-        return l1_target_loss(z, h, masks.tgt_rows, row_weight)
+        with nvtx_range("context"):
+            ctx = self.encoder(video, rows=masks.ctx_rows, cu_seqlens=masks.ctx_cu, max_seqlen=masks.ctx_max)
+        with nvtx_range("predictor"):
+            z = self.predictor(ctx, masks)  # [Rt, D]
+        with nvtx_range("loss"):
+            return l1_target_loss(z, h, masks.tgt_rows, row_weight)
