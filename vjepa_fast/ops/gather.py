@@ -2,6 +2,12 @@
 
 This is step 3 of the packed layout (DESIGN.md): the context encoder's input for every (sample, mask) sequence,
 built in one pass instead of a repeated int64 index_select followed by an add.
+
+Backends, fastest first: `cuda` (CUDA kernel of vjepa_fast._C), `cpu` (its C++ kernel), `reference`.
+The fast paths add in fp32 and round once to the tokens' dtype; pos may be fp32 while the tokens are bf16/fp16
+(the reference instead rounds pos to the tokens' dtype before adding, so it is at most one rounding less exact).
+The position embedding is a fixed buffer in V-JEPA: no backend gives it a gradient, and a pos that requires grad is
+rejected while autograd is recording.
 """
 from __future__ import annotations
 
@@ -9,9 +15,11 @@ from typing import Optional
 
 import torch
 
+from vjepa_fast import _ext
 from vjepa_fast.ops import _backend
 
 OP = "gather"
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def masked_gather_reference(tokens: torch.Tensor, pos: Optional[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
@@ -23,22 +31,91 @@ def masked_gather_reference(tokens: torch.Tensor, pos: Optional[torch.Tensor], r
     return out
 
 
-_BACKENDS: dict[str, _backend.Check] = {"reference": _backend.always}
+# ---- the C++/CUDA op: autograd and fake (meta) implementations, so torch.compile can trace it ----------------------
+
+def _register_op() -> bool:
+    if not (_ext.has_op("masked_gather") and _ext.has_op("masked_gather_backward")):
+        return False
+
+    @torch.library.register_fake("vjepa_fast::masked_gather")
+    def _gather_fake(tokens, pos, rows, unique_rows=True):
+        return tokens.new_empty((rows.shape[0], tokens.shape[2]))
+
+    @torch.library.register_fake("vjepa_fast::masked_gather_backward")
+    def _gather_backward_fake(grad, rows, batch, num_tokens, unique):
+        return grad.new_empty((batch, num_tokens, grad.shape[1]))
+
+    def _gather_setup(ctx, inputs, output):
+        tokens, pos, rows = inputs[:3]
+        ctx.save_for_backward(rows)
+        ctx.batch, ctx.num_tokens = tokens.shape[0], tokens.shape[1]
+        ctx.unique = inputs[3] if len(inputs) > 3 else True
+
+    def _gather_backward(ctx, grad):
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError("masked_gather: pos gets no gradient (it is a fixed buffer); pass pos.detach()")
+        (rows,) = ctx.saved_tensors
+        grad_tokens = None
+        if ctx.needs_input_grad[0]:
+            grad_tokens = torch.ops.vjepa_fast.masked_gather_backward(
+                grad.contiguous(), rows, ctx.batch, ctx.num_tokens, ctx.unique)
+        return grad_tokens, None, None, None
+
+    torch.library.register_autograd("vjepa_fast::masked_gather", _gather_backward, setup_context=_gather_setup)
+
+    # Double backward: the backward is a linear scatter, so its own gradient is a gather (without pos).
+    def _scatter_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    def _scatter_backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        return torch.ops.vjepa_fast.masked_gather(grad.contiguous(), None, rows, True), None, None, None, None
+
+    torch.library.register_autograd("vjepa_fast::masked_gather_backward", _scatter_backward,
+                                    setup_context=_scatter_setup)
+    return True
+
+
+_OP_REGISTERED = _register_op()
+
+
+def _cpu_check(device: torch.device) -> Optional[str]:
+    if device.type != "cpu":
+        return "needs a CPU tensor"
+    return _ext.unavailable_reason(device)
+
+
+def _cuda_check(device: torch.device) -> Optional[str]:
+    if device.type != "cuda":
+        return "needs a CUDA tensor"
+    return _ext.unavailable_reason(device)
+
+
+_BACKENDS: dict[str, _backend.Check] = {"cuda": _cuda_check, "cpu": _cpu_check, "reference": _backend.always}
 
 
 def _validate(tokens: torch.Tensor, pos: Optional[torch.Tensor], rows: torch.Tensor, check_range: bool) -> None:
     if tokens.dim() != 3:
         raise ValueError(f"masked_gather: tokens must be [B, N, D], got shape {tuple(tokens.shape)}")
     B, N, D = tokens.shape
+    if tokens.dtype not in _DTYPES + (torch.float64,):
+        raise ValueError(f"masked_gather: tokens must be fp32/bf16/fp16 (fp64: reference only), got {tokens.dtype}")
     if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"masked_gather: rows must be a 1-D int32/int64 tensor, got {rows.dtype} {tuple(rows.shape)}")
     if rows.device != tokens.device:
         raise ValueError(f"masked_gather: rows on {rows.device} but tokens on {tokens.device}")
     if pos is not None:
+        if tokens.dtype == torch.float64 and pos.dtype != torch.float64:
+            raise ValueError(f"masked_gather: fp64 tokens need fp64 pos, got {pos.dtype}")
         if tuple(pos.shape) != (N, D):
             raise ValueError(f"masked_gather: pos must be [N, D] = [{N}, {D}], got {tuple(pos.shape)}")
         if pos.device != tokens.device:
             raise ValueError(f"masked_gather: pos on {pos.device} but tokens on {tokens.device}")
+        if pos.dtype not in (tokens.dtype, torch.float32) and tokens.dtype != torch.float64:
+            raise ValueError(f"masked_gather: pos must have the tokens' dtype ({tokens.dtype}) or fp32, got {pos.dtype}")
+        if pos.requires_grad and torch.is_grad_enabled():
+            raise ValueError("masked_gather: pos gets no gradient (the position embedding is a fixed buffer); "
+                             "pass pos.detach() or a buffer")
     if check_range and rows.numel() > 0:
         lo, hi = int(rows.min()), int(rows.max())
         if lo < 0 or hi >= B * N:
@@ -46,14 +123,33 @@ def _validate(tokens: torch.Tensor, pos: Optional[torch.Tensor], rows: torch.Ten
 
 
 def masked_gather(tokens: torch.Tensor, pos: Optional[torch.Tensor], rows: torch.Tensor,
-                  check_range: Optional[bool] = None) -> torch.Tensor:
-    """Gather packed rows of `tokens` and add their position embedding.
+                  check_range: Optional[bool] = None, unique_rows: bool = True) -> torch.Tensor:
+    """Gather packed rows of `tokens` [B, N, D] and add their position embedding `pos` [N, D] (or None).
 
-    The index range is checked on CPU always and on GPU only when `check_range=True` (it costs a host sync).
+    rows: int32/int64 [R], flat indices b * N + n. Returns [R, D] in tokens.dtype; d(tokens) is a scatter-add.
+    check_range: check that every row is in [0, B*N) (default: on CPU only; on GPU it costs a host sync, and
+        without it the CUDA kernel fills the output row of an out-of-range index with NaN). Under torch.compile
+        the Python check is skipped; the C++ CPU kernel and the reference still raise IndexError.
+    unique_rows: picks the backward algorithm; both are correct for any rows and sum repeats in fp32.
+        True (default): each destination row is written once, walking the list of rows that gathered it
+        (no atomics; good when a row repeats a few times, e.g. M mask configurations packed together).
+        False: accumulation with fp32 atomics on CUDA (for rows repeated very many times).
     """
     if check_range is None:
         check_range = tokens.device.type == "cpu"
+    if torch.compiler.is_compiling():
+        check_range = False  # a data-dependent check would break the graph
     _validate(tokens, pos, rows, check_range)
-    backend = _backend.choose(OP, tokens.device, _BACKENDS)
+    if tokens.dtype == torch.float64:  # fp64 (tests, numerical checks) is the reference's alone
+        forced = _backend.forced_backend(OP)
+        if forced not in (None, "reference"):
+            raise RuntimeError(f"gather: backend {forced!r} was forced but takes fp32/bf16/fp16, not fp64")
+        backend = "reference"
+    else:
+        backend = _backend.choose(OP, tokens.device, _BACKENDS)
     rows = rows.long()
-    return masked_gather_reference(tokens, pos, rows)
+    if backend == "reference":
+        return masked_gather_reference(tokens, pos, rows)
+    # The kernels read rows of contiguous memory; copies here are no-ops for the usual contiguous inputs.
+    return torch.ops.vjepa_fast.masked_gather(tokens.contiguous(), None if pos is None else pos.contiguous(),
+                                              rows.contiguous(), unique_rows)

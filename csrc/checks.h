@@ -1,0 +1,79 @@
+// Input checks shared by the CPU and CUDA implementations. The Python wrappers validate first with friendlier
+// messages; these keep direct torch.ops.vjepa_fast.* calls from reading out of bounds. TORCH_CHECK_VALUE raises
+// ValueError and TORCH_CHECK_INDEX IndexError in Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <vector>
+
+namespace vjepa_fast {
+
+inline bool is_gather_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// tokens [B, N, D] contiguous fp32/bf16/fp16; pos [N, D] contiguous, same dtype or fp32; rows int64 [R] contiguous.
+inline void check_gather_args(const at::Tensor& tokens, const std::optional<at::Tensor>& pos, const at::Tensor& rows) {
+  TORCH_CHECK_VALUE(tokens.dim() == 3, "masked_gather: tokens must be [B, N, D], got ", tokens.sizes());
+  TORCH_CHECK_VALUE(is_gather_dtype(tokens.scalar_type()), "masked_gather: tokens must be fp32/bf16/fp16, got ",
+                    tokens.scalar_type());
+  TORCH_CHECK_VALUE(tokens.is_contiguous(), "masked_gather: tokens must be contiguous");
+  TORCH_CHECK_VALUE(rows.dim() == 1 && rows.scalar_type() == at::kLong && rows.is_contiguous(),
+                    "masked_gather: rows must be a contiguous 1-D int64 tensor, got ", rows.scalar_type(), " ",
+                    rows.sizes());
+  TORCH_CHECK_VALUE(rows.device() == tokens.device(), "masked_gather: rows on ", rows.device(), " but tokens on ",
+                    tokens.device());
+  if (pos.has_value()) {
+    const at::Tensor& p = *pos;
+    TORCH_CHECK_VALUE(p.dim() == 2 && p.size(0) == tokens.size(1) && p.size(1) == tokens.size(2),
+                      "masked_gather: pos must be [N, D] = [", tokens.size(1), ", ", tokens.size(2), "], got ",
+                      p.sizes());
+    TORCH_CHECK_VALUE(p.scalar_type() == tokens.scalar_type() || p.scalar_type() == at::kFloat,
+                      "masked_gather: pos must have the tokens' dtype or fp32, got ", p.scalar_type(), " with ",
+                      tokens.scalar_type(), " tokens");
+    TORCH_CHECK_VALUE(p.is_contiguous(), "masked_gather: pos must be contiguous");
+    TORCH_CHECK_VALUE(p.device() == tokens.device(), "masked_gather: pos on ", p.device(), " but tokens on ",
+                      tokens.device());
+  }
+}
+
+// grad [R, D] contiguous fp32/bf16/fp16, rows int64 [R]; batch, num_tokens >= 0.
+inline void check_gather_backward_args(const at::Tensor& grad, const at::Tensor& rows, int64_t batch,
+                                       int64_t num_tokens) {
+  TORCH_CHECK_VALUE(grad.dim() == 2, "masked_gather_backward: grad must be [R, D], got ", grad.sizes());
+  TORCH_CHECK_VALUE(is_gather_dtype(grad.scalar_type()), "masked_gather_backward: grad must be fp32/bf16/fp16, got ",
+                    grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.is_contiguous(), "masked_gather_backward: grad must be contiguous");
+  TORCH_CHECK_VALUE(rows.dim() == 1 && rows.scalar_type() == at::kLong && rows.is_contiguous(),
+                    "masked_gather_backward: rows must be a contiguous 1-D int64 tensor");
+  TORCH_CHECK_VALUE(rows.size(0) == grad.size(0), "masked_gather_backward: ", rows.size(0), " rows but grad has ",
+                    grad.size(0));
+  TORCH_CHECK_VALUE(rows.device() == grad.device(), "masked_gather_backward: rows on ", rows.device(),
+                    " but grad on ", grad.device());
+  TORCH_CHECK_VALUE(batch >= 0 && num_tokens >= 0, "masked_gather_backward: batch and num_tokens must be >= 0");
+}
+
+// Same lengths, shapes and device; fp32 contiguous targets; fp32/bf16 contiguous sources.
+inline void check_ema_args(at::TensorList targets, at::TensorList sources, double momentum) {
+  TORCH_CHECK_VALUE(targets.size() == sources.size(), "ema_update_: ", targets.size(), " targets but ",
+                    sources.size(), " sources");
+  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum <= 1.0, "ema_update_: momentum must be in [0, 1], got ", momentum);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const at::Tensor& t = targets[i];
+    const at::Tensor& s = sources[i];
+    TORCH_CHECK_VALUE(t.sizes() == s.sizes(), "ema_update_: tensor ", i, ": target shape ", t.sizes(),
+                      " != source shape ", s.sizes());
+    TORCH_CHECK_VALUE(t.device() == targets[0].device() && s.device() == t.device(), "ema_update_: tensor ", i,
+                      ": all tensors must be on ", targets[0].device());
+    TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat, "ema_update_: tensor ", i, ": targets must be fp32, got ",
+                      t.scalar_type());
+    TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat || s.scalar_type() == at::kBFloat16, "ema_update_: tensor ", i,
+                      ": sources must be fp32 or bf16, got ", s.scalar_type());
+    TORCH_CHECK_VALUE(t.is_contiguous() && s.is_contiguous(), "ema_update_: tensor ", i, ": must be contiguous");
+  }
+}
+
+}  // namespace vjepa_fast

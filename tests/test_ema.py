@@ -1,0 +1,192 @@
+"""ema_update_: the C++ CPU kernel (and on a GPU the CUDA multi-tensor kernel) against the reference."""
+import os
+import zlib
+
+import pytest
+import torch
+
+from vjepa_fast import _ext
+from vjepa_fast.ops.ema import ema_update_, ema_update_reference
+
+# Empty, one element, odd sizes, sizes straddling the CPU chunk (2**15) and the CUDA chunk (2**14), a 2-D one.
+SIZES = [(0,), (1,), (3,), (1023,), (4097,), (16385,), (32769,), (33, 31)]
+MOMENTA = [0.0, 1.0, 0.998, 0.5]
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    name = request.param
+    if name in ("cpu", "cuda"):
+        if os.environ.get("VJEPA_FAST_NO_EXT") == "1":
+            pytest.skip("VJEPA_FAST_NO_EXT=1: extension not built")
+        assert _ext.load(), f"vjepa_fast._C is not built ({_ext.load_error()}); run pip install -e . --no-build-isolation"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs CUDA")
+        assert _ext.has_cuda_kernels(), "CUDA is available but vjepa_fast._C has no CUDA kernels"
+    monkeypatch.setenv("VJEPA_FAST_EMA_BACKEND", name)
+    return name
+
+
+def _lists(source_dtypes, device="cpu", gen=None, sizes=SIZES):
+    targets = [torch.randn(s, generator=gen).to(device) for s in sizes]
+    sources = [torch.randn(s, generator=gen).to(device=device, dtype=source_dtypes[i % len(source_dtypes)])
+               for i, s in enumerate(sizes)]
+    return targets, sources
+
+
+def _seed(*key):
+    return zlib.crc32(repr(key).encode())  # stable across runs (hash() of a dtype is not)
+
+
+def _check(targets, sources, momentum):
+    """Fast path vs the reference in fp32 and an fp64 reference: at most twice the reference's error over the whole
+    list (per tensor, a 3-element tensor can have zero reference error by luck). A skipped element would be off by
+    (1 - m) |s - t|, far above either error, so the max also proves every element was written."""
+    before = [t.clone() for t in targets]
+    ref = [t.clone() for t in targets]
+    ema_update_reference(ref, sources, momentum)
+    exact = [t.double() for t in before]
+    ema_update_reference(exact, [s.double() for s in sources], momentum)
+    ema_update_(targets, sources, momentum)
+    e_fast = e_ref = 0.0
+    for i, (t, r, e, s, b) in enumerate(zip(targets, ref, exact, sources, before)):
+        assert t.dtype == torch.float32 and t.shape == b.shape
+        if t.numel() == 0:
+            continue
+        assert torch.isfinite(t).all()
+        if momentum == 1.0:
+            assert torch.equal(t, b), f"tensor {i}: momentum 1 must leave the target unchanged"
+        elif momentum == 0.0:
+            assert torch.equal(t, s.float()), f"tensor {i}: momentum 0 must copy the source"
+        e_fast = max(e_fast, (t.double() - e).abs().max().item())
+        e_ref = max(e_ref, (r.double() - e).abs().max().item())
+    assert e_fast <= 2 * e_ref + 1e-12, f"error {e_fast} > 2 x reference error {e_ref}"
+
+
+@pytest.mark.parametrize("backend", ["cpu", "foreach"], indirect=True)
+@pytest.mark.parametrize("source_dtypes", [(torch.float32,), (torch.bfloat16,), (torch.float32, torch.bfloat16)],
+                         ids=["fp32", "bf16", "mixed"])
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_matches_reference(backend, source_dtypes, momentum):
+    gen = torch.Generator().manual_seed(_seed(source_dtypes, momentum))
+    targets, sources = _lists(source_dtypes, gen=gen)
+    _check(targets, sources, momentum)
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_many_small_tensors_and_parameters(backend):
+    # A model's worth of biases and norms plus a few weights, as nn.Parameters (what the training loop passes).
+    sizes = [(7,)] * 150 + [(64, 65), (3, 1000, 11)]
+    targets, sources = _lists((torch.float32, torch.bfloat16), sizes=sizes)
+    targets = [torch.nn.Parameter(t, requires_grad=False) for t in targets]
+    sources = [torch.nn.Parameter(s, requires_grad=s.is_floating_point()) for s in sources]
+    _check(targets, sources, 0.996)
+
+
+def test_unsupported_dtypes_fall_back_or_fail_clearly(monkeypatch):
+    targets = [torch.randn(5).bfloat16(), torch.randn(4)]
+    sources = [torch.randn(5).bfloat16(), torch.randn(4).half()]
+    ref = [t.clone() for t in targets]
+    ema_update_reference(ref, sources, 0.9)
+    ema_update_(targets, sources, 0.9)  # automatic choice: foreach
+    for t, r in zip(targets, ref):
+        torch.testing.assert_close(t, r)
+    if _ext.load():
+        monkeypatch.setenv("VJEPA_FAST_EMA_BACKEND", "cpu")
+        with pytest.raises(RuntimeError, match="fp32 targets"):
+            ema_update_(targets, sources, 0.9)
+        with pytest.raises(ValueError, match="targets must be fp32"):
+            torch.ops.vjepa_fast.ema_update_(targets, sources, 0.9)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+def test_bad_inputs_raise_clear_errors(backend):
+    t, s = [torch.randn(3)], [torch.randn(3)]
+    with pytest.raises(ValueError, match="targets but"):
+        ema_update_(t, s + s, 0.9)
+    with pytest.raises(ValueError, match="shape"):
+        ema_update_(t, [torch.randn(4)], 0.9)
+    with pytest.raises(ValueError, match="momentum"):
+        ema_update_(t, s, 1.5)
+    with pytest.raises(ValueError, match="floating point"):
+        ema_update_([torch.zeros(3, dtype=torch.long)], [torch.zeros(3, dtype=torch.long)], 0.9)
+    ema_update_([], [], 0.9)  # nothing to do
+
+
+def test_non_contiguous_target_falls_back():
+    base = torch.randn(6, 5)
+    t = base.t()  # a non-contiguous view: the update must land in `base`
+    s = torch.randn(5, 6)
+    want = t.clone()
+    ema_update_reference([want], [s], 0.9)
+    ema_update_([t], [s], 0.9)
+    torch.testing.assert_close(base.t(), want)
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_opcheck(backend):
+    targets, sources = _lists((torch.float32, torch.bfloat16), sizes=[(5,), (3, 4), (17,)])
+    torch.library.opcheck(torch.ops.vjepa_fast.ema_update_.default, (targets, sources, 0.9))
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_dtensor_local_shards(backend):
+    # FSDP2 keeps parameters as DTensors; ema_update_ must update their local shards in place.
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed not available")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        full_t, full_s = torch.randn(8, 3), torch.randn(8, 3).bfloat16()
+        t = distribute_tensor(full_t.clone(), mesh, [Shard(0)])
+        s = distribute_tensor(full_s, mesh, [Shard(0)])
+        want = [full_t.clone()]
+        ema_update_reference(want, [full_s], 0.99)
+        ema_update_([t], [s], 0.99)
+        torch.testing.assert_close(t.full_tensor(), want[0], rtol=0, atol=1e-6)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+# ---- GPU: the CUDA multi-tensor kernel, vectorised (aligned) and general (misaligned) paths -----------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+@pytest.mark.parametrize("source_dtypes", [(torch.float32,), (torch.bfloat16,), (torch.float32, torch.bfloat16)],
+                         ids=["fp32", "bf16", "mixed"])
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_cuda_matches_reference(backend, source_dtypes, momentum):
+    gen = torch.Generator().manual_seed(_seed(source_dtypes, momentum, "cuda"))
+    targets, sources = _lists(source_dtypes, device="cuda", gen=gen, sizes=SIZES + [(1000003,)])
+    _check(targets, sources, momentum)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+def test_cuda_misaligned_storage(backend, offset):
+    # Views that start `offset` elements into their storage: offset 0 takes the 16-byte path, others the general one.
+    sizes = [(1,), (37,), (4099,), (16384 * 3 + 5,)]
+    targets, sources = [], []
+    for n in sizes:
+        tb, sb = torch.randn(n[0] + offset, device="cuda"), torch.randn(n[0] + offset, device="cuda")
+        targets.append(tb[offset:])
+        sources.append(sb[offset:] if len(sources) % 2 else sb.bfloat16()[offset:])
+    _check(targets, sources, 0.998)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+def test_cuda_many_tensors_one_call(backend):
+    sizes = [(int(n),) for n in torch.randint(1, 5000, (400,))] + [(1024, 1024)]
+    targets, sources = _lists((torch.float32, torch.bfloat16), device="cuda", sizes=sizes)
+    _check(targets, sources, 0.9995)
+    torch.library.opcheck(torch.ops.vjepa_fast.ema_update_.default, (targets[:5], sources[:5], 0.9))
