@@ -74,6 +74,8 @@ def test_bench_decode_augment(benchmark, bench_videos, decoder, threads):
 
     out = benchmark.pedantic(one_clip, rounds=24, iterations=1, warmup_rounds=2)
     assert out["video"].shape == (3, 16, 224, 224)
+    if benchmark.stats is None:  # --benchmark-disable: the body ran once, untimed; nothing to report
+        return
     median = benchmark.stats.stats.median
     mb = sum(Path(p).stat().st_size for p in bench_videos) / len(bench_videos) / 1e6
     benchmark.extra_info.update(clips_per_s=1.0 / median, decoder=decoder, workers=1, decode_threads=threads,
