@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from vjepa_fast import checkpoint, ops
 from vjepa_fast.config import Config, ConfigError, load_config, save_config
-from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader
+from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
 from vjepa_fast.flops import device_peak_flops, vjepa_step_flops
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
@@ -294,8 +294,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         Trainer(cfg, di).run()
-    except (NonFiniteLossError, DataErrorLimit) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (NonFiniteLossError, DataErrorLimit, DataLoadError) as e:
+        # From a loader worker the message carries the worker's traceback; its last line is the error itself.
+        print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     finally:
         shutdown_distributed()

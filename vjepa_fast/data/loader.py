@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 50  # attempts to find a readable sample before the batch itself fails
 
 
+class DataLoadError(RuntimeError):
+    """No readable sample could be found: the data source itself is broken."""
+
+
 @dataclass
 class Batch:
     video: torch.Tensor  # [B, 3, T, H, W]
@@ -100,7 +104,7 @@ class RobustDataset(Dataset):
                     index = index + 1
                 else:
                     index = int(rng.integers(self.length))
-        raise RuntimeError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {errors[-1]}")
+        raise DataLoadError(f"{MAX_REPLACEMENTS} samples in a row failed to load; last: {errors[-1]}")
 
 
 class MaskCollate:
