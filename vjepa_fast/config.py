@@ -87,6 +87,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) / bf16 / fp32
     max_nonfinite: int = 5  # consecutive NaN/Inf losses before the run stops
     resume: bool = True  # continue from <run_dir>/checkpoints when one exists
+    init_from: Optional[str] = None  # start from a reference-format checkpoint (weights only; prefixes stripped)
     progress: bool = True
     peak_tflops: Optional[float] = None  # override the device's peak for MFU
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)

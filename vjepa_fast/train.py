@@ -36,6 +36,7 @@ from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
+from vjepa_fast.reference_checkpoint import CheckpointFormatError, load_reference_into
 from vjepa_fast.schedules import Schedules
 
 log = logging.getLogger("vjepa_fast.train")
@@ -86,7 +87,12 @@ class Trainer:
         for op, name in cfg.backends.items():
             ops.set_backend(op, name)
         enable_nvtx(t.nvtx)
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg)
+        if t.init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
+            loaded = load_reference_into(self.model, t.init_from)
+            if di.is_main:
+                log.info("initialised %s from %s", ", ".join(loaded), t.init_from)
+        self.model = self.model.to(self.device)
         self.encoder = self.model.encoder
         self.num_tokens = self.encoder.num_tokens
         self.masker = build_masker(cfg, self.encoder.grid)
@@ -294,7 +300,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         Trainer(cfg, di).run()
-    except (NonFiniteLossError, DataErrorLimit, DataLoadError) as e:
+    except (NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError, FileNotFoundError) as e:
         # From a loader worker the message carries the worker's traceback; its last line is the error itself.
         print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
