@@ -325,9 +325,6 @@ def test_compiled_block_inference_no_recompile():
         _compiled_block_run(grad=False, backend="inductor")
 
 
-@pytest.mark.xfail(raises=Recompiled, strict=True,
-                   reason="ops/attention.py: the padded op's backward runs int(max_seqlen) on a SymInt while AOT "
-                          "autograd traces it, which specialises max_seqlen; outputs and gradients still match")
 def test_compiled_block_training_no_recompile():
     # aot_eager traces the same joint forward/backward graph as inductor without its (slow on CPU) code generation.
     _compiled_block_run(grad=True, backend="aot_eager")

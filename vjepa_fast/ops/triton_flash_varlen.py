@@ -1,0 +1,483 @@
+"""Variable-length flash attention in Triton: forward, FlashAttention-2 backward, and their torch.library ops.
+
+Layout (DESIGN.md, step 4): qkv [T, 3, H, Dh] is read with its strides straight out of the fused qkv projection;
+cu_seqlens int32 [S + 1] gives each sequence's token range; the output is [T, H, Dh] and the backward writes dq, dk
+and dv into one [T, 3, H, Dh] gradient, so the qkv projection's backward consumes it without a concatenation.
+Attention is non-causal, within each sequence only.
+
+Kernels (all over the grid (query or key blocks of max_seqlen, S * H)):
+- `_fwd_kernel`: online softmax in fp32 with exp2 (scores pre-multiplied by scale * log2(e)); stores O and the
+  row logsumexp (log2 units) for the backward.
+- `_bwd_delta_kernel`: delta = rowsum(dO * O), the softmax-backward correction term.
+- `_bwd_dkdv_kernel`: one program per key block accumulates dK and dV over the query blocks; with ATOMIC_DQ it
+  also adds each block's dQ contribution into an fp32 buffer with atomics (fewer matmuls, not bitwise repeatable).
+- `_bwd_dq_kernel`: one program per query block accumulates dQ over the key blocks (the deterministic path).
+
+Robustness: sequence bounds are clamped into [0, T], and each program walks its block index in steps of the grid
+size, so a max_seqlen that is too small only costs speed, never an unwritten row or an out-of-bounds access.
+The public entry point with input validation is `vjepa_fast.ops.attention.varlen_attention`.
+
+This module decides at import whether its kernels are compiled or interpreted (Triton reads TRITON_INTERPRET when
+`triton.jit` runs), which is why attention.py imports it lazily: CPU tests set TRITON_INTERPRET=1 first.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator, Optional
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
+                s_qt, s_q3, s_qh, s_qd, s_ot, s_oh, s_od,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
+    # Row and head strides arrive divided by ALIGN (see _align()); multiplying by the constant here tells the
+    # compiler they are multiples of it, so 16-byte vector loads survive head dims like 24.
+    s_qt = s_qt * ALIGN
+    s_q3 = s_q3 * ALIGN
+    s_qh = s_qh * ALIGN
+    s_ot = s_ot * ALIGN
+    s_oh = s_oh * ALIGN
+    pid_m = tl.program_id(0)
+    pid_sh = tl.program_id(1)
+    seq = pid_sh // H
+    h = pid_sh % H
+    # int64 from here on: row offsets must not overflow, and the interpreter skips its overflow checks for int64.
+    start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
+    end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
+    L = end - start
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM  # head dims like 24 or 80 are padded to a power of two with masks
+    q_base = QKV + h * s_qh
+    k_base = q_base + s_q3
+    v_base = q_base + 2 * s_q3
+    # Normally one iteration (or none: the early exit for blocks past this sequence's end).
+    for mb in range(pid_m, (L + BLOCK_M - 1) // BLOCK_M, tl.num_programs(0)):
+        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < L
+        rows = start + offs_m
+        q = tl.load(q_base + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
+                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for n0 in range(0, L, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < L
+            krows = start + offs_n
+            kv_off = krows[:, None] * s_qt + offs_d[None, :] * s_qd
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+            # The first key block always holds key 0, so m_new is finite from the first iteration on.
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+            m_i = m_new
+        o = acc / l_i[:, None]
+        tl.store(O + rows[:, None] * s_ot + h * s_oh + offs_d[None, :] * s_od, o.to(O.dtype.element_ty),
+                 mask=m_ok[:, None] & d_ok[None, :])
+        tl.store(LSE + h * T + rows, m_i + tl.log2(l_i), mask=m_ok)
+
+
+@triton.jit
+def _bwd_delta_kernel(O, DO, DELTA, T, s_ot, s_oh, s_od, s_dt, s_dh, s_dd,
+                      BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    r_ok = rows < T
+    mask = r_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    rows64 = rows.to(tl.int64)
+    o = tl.load(O + rows64[:, None] * s_ot + h * s_oh + offs_d[None, :] * s_od, mask=mask, other=0.0)
+    do = tl.load(DO + rows64[:, None] * s_dt + h * s_dh + offs_d[None, :] * s_dd, mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + h * T + rows64, delta, mask=r_ok)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(QKV, DO, LSE, DELTA, DQKV, DQ_ACC, CU, T, H, sm_scale, qk_scale,
+                     s_qt, s_q3, s_qh, s_qd, s_dt, s_dh, s_dd, s_gt, s_g3, s_gh, s_gd,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                     ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
+    s_qt = s_qt * ALIGN
+    s_q3 = s_q3 * ALIGN
+    s_qh = s_qh * ALIGN
+    s_dt = s_dt * ALIGN
+    s_dh = s_dh * ALIGN
+    s_gt = s_gt * ALIGN
+    s_g3 = s_g3 * ALIGN
+    s_gh = s_gh * ALIGN
+    pid_n = tl.program_id(0)
+    pid_sh = tl.program_id(1)
+    seq = pid_sh // H
+    h = pid_sh % H
+    # int64 from here on: row offsets must not overflow, and the interpreter skips its overflow checks for int64.
+    start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
+    end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
+    L = end - start
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_base = QKV + h * s_qh
+    k_base = q_base + s_q3
+    v_base = q_base + 2 * s_q3
+    for nb in range(pid_n, (L + BLOCK_N - 1) // BLOCK_N, tl.num_programs(0)):
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < L
+        krows = start + offs_n
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        kv_off = krows[:, None] * s_qt + offs_d[None, :] * s_qd
+        k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for m0 in range(0, L, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < L
+            rows = start + offs_m
+            q_mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_base + rows[:, None] * s_qt + offs_d[None, :] * s_qd, mask=q_mask, other=0.0)
+            do = tl.load(DO + rows[:, None] * s_dt + h * s_dh + offs_d[None, :] * s_dd, mask=q_mask, other=0.0)
+            lse = tl.load(LSE + h * T + rows, mask=m_ok, other=0.0)
+            delta = tl.load(DELTA + h * T + rows, mask=m_ok, other=0.0)
+            # Work transposed ([keys, queries]) so that dK and dV accumulate without transposing the accumulators.
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+            # Zero every pair outside the sequence: exp2 of a padded row's score minus a padded lse may overflow.
+            p_t = tl.where(n_ok[:, None] & m_ok[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+            if ATOMIC_DQ:
+                dq = tl.dot(tl.trans(ds_t).to(k.dtype), k, input_precision=DOT_PREC) * sm_scale
+                # DQ_ACC is a contiguous fp32 [T, H, HEAD_DIM] buffer; only atomicity matters, not ordering.
+                tl.atomic_add(DQ_ACC + (rows[:, None] * H + h) * HEAD_DIM + offs_d[None, :], dq, mask=q_mask,
+                              sem="relaxed")
+        g_off = krows[:, None] * s_gt + h * s_gh + offs_d[None, :] * s_gd
+        tl.store(DQKV + s_g3 + g_off, (dk * sm_scale).to(DQKV.dtype.element_ty), mask=kv_mask)
+        tl.store(DQKV + 2 * s_g3 + g_off, dv.to(DQKV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
+                   s_qt, s_q3, s_qh, s_qd, s_dt, s_dh, s_dd, s_gt, s_g3, s_gh, s_gd,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
+    s_qt = s_qt * ALIGN
+    s_q3 = s_q3 * ALIGN
+    s_qh = s_qh * ALIGN
+    s_dt = s_dt * ALIGN
+    s_dh = s_dh * ALIGN
+    s_gt = s_gt * ALIGN
+    s_g3 = s_g3 * ALIGN
+    s_gh = s_gh * ALIGN
+    pid_m = tl.program_id(0)
+    pid_sh = tl.program_id(1)
+    seq = pid_sh // H
+    h = pid_sh % H
+    # int64 from here on: row offsets must not overflow, and the interpreter skips its overflow checks for int64.
+    start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
+    end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
+    L = end - start
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_base = QKV + h * s_qh
+    k_base = q_base + s_q3
+    v_base = q_base + 2 * s_q3
+    for mb in range(pid_m, (L + BLOCK_M - 1) // BLOCK_M, tl.num_programs(0)):
+        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < L
+        rows = start + offs_m
+        q_mask = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + rows[:, None] * s_qt + offs_d[None, :] * s_qd, mask=q_mask, other=0.0)
+        do = tl.load(DO + rows[:, None] * s_dt + h * s_dh + offs_d[None, :] * s_dd, mask=q_mask, other=0.0)
+        lse = tl.load(LSE + h * T + rows, mask=m_ok, other=0.0)
+        delta = tl.load(DELTA + h * T + rows, mask=m_ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for n0 in range(0, L, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < L
+            krows = start + offs_n
+            kv_off = krows[:, None] * s_qt + offs_d[None, :] * s_qd
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            p = tl.where(m_ok[:, None] & n_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+        tl.store(DQKV + rows[:, None] * s_gt + h * s_gh + offs_d[None, :] * s_gd,
+                 (dq * sm_scale).to(DQKV.dtype.element_ty), mask=q_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Block sizes per shape class: (kernel, padded head dim, dtype, interpreted). Only the padded head dim and the dtype
+# change the best tiles, so a small table, looked up once per class (lru_cache), replaces autotuning.
+#
+# GPU entries (fp16/bf16, sm_90): every one compiles without register spills (ptxas -v, checked offline for head
+# dims 24, 64 and 80/128 at ViT strides); all use 8 warps (two warpgroups for wgmma). The forward and dQ kernels hold
+# 128 query rows and stream keys; the dK/dV kernel holds 128 keys (64 at head dim 128) and streams 32 query rows.
+# They are starting points, not measured optima (tuning needs a GPU run of the benchmark).
+
+
+def _gpu_config(kernel: str, block_d: int, dtype: torch.dtype) -> dict:
+    big = block_d >= 128
+    if kernel == "delta":
+        return {"BLOCK_M": 64, "num_warps": 4}
+    if dtype == torch.float32:  # a correctness path (ieee dots), not a training dtype
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+    if kernel == "fwd":
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2 if big else 3}
+    if kernel == "dkdv":  # BLOCK_N keys held, BLOCK_M queries streamed
+        return {"BLOCK_M": 32, "BLOCK_N": 64 if big else 128, "num_warps": 8, "num_stages": 2 if big else 3}
+    if kernel == "dq":  # BLOCK_M queries held, BLOCK_N keys streamed
+        return {"BLOCK_M": 128, "BLOCK_N": 32 if big else 64, "num_warps": 8, "num_stages": 3}
+    raise KeyError(kernel)
+
+
+# The interpreter's cost is per operation, not per element: few, mid-sized tiles. MAX_PROGRAMS caps the grid's block
+# axis: under the interpreter every program, even one that exits at once, costs milliseconds, so one program per
+# (sequence, head) walks all of its blocks (the kernels' grid-stride loop).
+_INTERPRET_CONFIG = {"fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "MAX_PROGRAMS": 1},
+                     "dkdv": {"BLOCK_M": 64, "BLOCK_N": 64, "MAX_PROGRAMS": 1},
+                     "dq": {"BLOCK_M": 64, "BLOCK_N": 64, "MAX_PROGRAMS": 1}, "delta": {"BLOCK_M": 64}}
+
+_override: dict[str, dict] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_config(kernel: str, block_d: int, dtype: torch.dtype, interpreted: bool) -> dict:
+    return dict(_INTERPRET_CONFIG[kernel]) if interpreted else _gpu_config(kernel, block_d, dtype)
+
+
+def _grid(cfg: dict, block_key: str, max_seqlen: int, sh: int) -> tuple[int, int]:
+    """(blocks of max_seqlen, S * H); pops MAX_PROGRAMS, a launch option that is no kernel argument."""
+    n = triton.cdiv(max(max_seqlen, 1), cfg[block_key])
+    cap = cfg.pop("MAX_PROGRAMS", None)
+    return (min(n, cap) if cap else n, sh)
+
+
+def _config(kernel: str, block_d: int, dtype: torch.dtype) -> dict:
+    """A fresh copy (callers pop launch-only keys from it)."""
+    if kernel in _override:
+        return dict(_override[kernel])
+    return dict(_cached_config(kernel, block_d, dtype, interpreted()))
+
+
+@contextlib.contextmanager
+def block_sizes(**per_kernel: dict) -> Iterator[None]:
+    """Test hook: force block sizes, e.g. `block_sizes(fwd={"BLOCK_M": 16, "BLOCK_N": 32})`."""
+    old = dict(_override)
+    _override.update(per_kernel)
+    try:
+        yield
+    finally:
+        _override.clear()
+        _override.update(old)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launch helpers.
+
+_poison = False
+
+
+@contextlib.contextmanager
+def poison_outputs(enabled: bool = True) -> Iterator[None]:
+    """Test hook: allocate every output filled with NaN, so an element a kernel forgets to write shows up."""
+    global _poison
+    old, _poison = _poison, enabled
+    try:
+        yield
+    finally:
+        _poison = old
+
+
+def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if _poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+_INTERPRETED = not isinstance(_fwd_kernel, JITFunction)
+
+
+def interpreted() -> bool:
+    """True when this module's kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import)."""
+    return _INTERPRETED
+
+
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    """Launch through wrap_triton (so torch.compile / make_fx see the kernel), or directly when interpreted."""
+    if _INTERPRETED:
+        kernel[grid](*args, **kwargs)
+        return
+    if args[0].device.type != "cuda":
+        raise RuntimeError("triton_flash_varlen: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 "
+                           "before vjepa_fast.ops.triton_flash_varlen is first imported")
+    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _align(*strides: int) -> int:
+    """The largest power of two <= 16 dividing every row/head stride. The kernels take those strides divided by it
+    and multiply by the constant, which proves rows aligned to the compiler (Triton's own specialisation only knows
+    "divisible by 16", which a head dim of 24 is not, and then every load is a scalar 2-byte load)."""
+    a = 16
+    for st in strides:
+        while a > 1 and st % a != 0:
+            a //= 2
+    return a
+
+
+def _dot_precision(dtype: torch.dtype) -> Optional[str]:
+    # fp32 inputs get true fp32 products (TF32 would be less accurate than the fp32 reference); 16-bit: the default.
+    return "ieee" if dtype == torch.float32 else None
+
+
+def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+             softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    T, _, H, Dh = qkv.shape
+    S = cu_seqlens.shape[0] - 1
+    out = _alloc((T, H, Dh), qkv.dtype, qkv.device)
+    lse = _alloc((H, T), torch.float32, qkv.device)
+    if T == 0 or S == 0 or H == 0:
+        return out, lse
+    bd = _block_d(Dh)
+    cfg = _config("fwd", bd, qkv.dtype)
+    grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
+    a = _align(*qkv.stride()[:3], *out.stride()[:2])
+    _launch(_fwd_kernel, grid, qkv, out, lse, cu_seqlens, T, H, softmax_scale * LOG2E,
+            qkv.stride(0) // a, qkv.stride(1) // a, qkv.stride(2) // a, qkv.stride(3),
+            out.stride(0) // a, out.stride(1) // a, out.stride(2),
+            HEAD_DIM=Dh, BLOCK_D=bd, DOT_PREC=_dot_precision(qkv.dtype), ALIGN=a, **cfg)
+    return out, lse
+
+
+def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+              cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float,
+              deterministic: bool) -> torch.Tensor:
+    T, _, H, Dh = qkv.shape
+    S = cu_seqlens.shape[0] - 1
+    dqkv = _alloc((T, 3, H, Dh), qkv.dtype, qkv.device)
+    if T == 0 or S == 0 or H == 0:
+        return dqkv
+    bd = _block_d(Dh)
+    prec = _dot_precision(qkv.dtype)
+    qk_scale = softmax_scale * LOG2E
+    a = _align(*qkv.stride()[:3], *dout.stride()[:2], *dqkv.stride()[:3])
+    q_strides = (qkv.stride(0) // a, qkv.stride(1) // a, qkv.stride(2) // a, qkv.stride(3))
+    do_strides = (dout.stride(0) // a, dout.stride(1) // a, dout.stride(2))
+    g_strides = (dqkv.stride(0) // a, dqkv.stride(1) // a, dqkv.stride(2) // a, dqkv.stride(3))
+
+    delta = _alloc((H, T), torch.float32, qkv.device)
+    cfg = _config("delta", bd, qkv.dtype)
+    _launch(_bwd_delta_kernel, (triton.cdiv(T, cfg["BLOCK_M"]), H), out, dout, delta, T,
+            *out.stride(), *dout.stride(), HEAD_DIM=Dh, BLOCK_D=bd, **cfg)
+
+    # The atomic path accumulates dQ in fp32 (zeros are its identity, not a poison target) and copies it at the end.
+    # The deterministic path never touches DQ_ACC (ATOMIC_DQ is a constexpr): a one-element stand-in, never an alias
+    # of another argument (under torch.compile, aliased kernel arguments are cloned separately when functionalised).
+    shape = (1,) if deterministic else (T, H, Dh)
+    dq_acc = torch.zeros(shape, dtype=torch.float32, device=qkv.device)
+    cfg = _config("dkdv", bd, qkv.dtype)
+    grid = _grid(cfg, "BLOCK_N", max_seqlen, S * H)
+    _launch(_bwd_dkdv_kernel, grid, qkv, dout, lse, delta, dqkv, dq_acc, cu_seqlens, T, H,
+            softmax_scale, qk_scale, *q_strides, *do_strides, *g_strides,
+            HEAD_DIM=Dh, BLOCK_D=bd, ATOMIC_DQ=not deterministic, DOT_PREC=prec, ALIGN=a, **cfg)
+    if deterministic:
+        cfg = _config("dq", bd, qkv.dtype)
+        grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
+        _launch(_bwd_dq_kernel, grid, qkv, dout, lse, delta, dqkv, cu_seqlens, T, H,
+                softmax_scale, qk_scale, *q_strides, *do_strides, *g_strides,
+                HEAD_DIM=Dh, BLOCK_D=bd, DOT_PREC=prec, ALIGN=a, **cfg)
+    else:
+        dqkv[:, 0].copy_(dq_acc)
+    return dqkv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registration. Compiled kernels: triton_op, so torch.compile traces into the bodies and sees the kernels (through
+# wrap_triton) and derives the fake (shape) functions itself. Interpreted kernels cannot run on fake tensors, so
+# there the same bodies become opaque custom ops with explicit fakes (which keeps opcheck and torch.compile working
+# on CPU). register_autograd connects forward and backward either way.
+
+
+def _fwd_impl(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float,
+              deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # `deterministic` is unused here; it rides along so that the backward knows which dQ path to take.
+    return _forward(qkv, cu_seqlens, max_seqlen, softmax_scale)
+
+
+def _bwd_impl(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
+              max_seqlen: int, softmax_scale: float, deterministic: bool) -> torch.Tensor:
+    return _backward(dout, qkv, out, lse, cu_seqlens, max_seqlen, softmax_scale, deterministic)
+
+
+def _fwd_fake(qkv, cu_seqlens, max_seqlen, softmax_scale, deterministic):
+    T, _, H, Dh = qkv.shape
+    return qkv.new_empty((T, H, Dh)), qkv.new_empty((H, T), dtype=torch.float32)
+
+
+def _bwd_fake(dout, qkv, out, lse, cu_seqlens, max_seqlen, softmax_scale, deterministic):
+    return qkv.new_empty(qkv.shape)
+
+
+FWD_NAME = "vjepa_fast::flash_varlen_attention"
+BWD_NAME = "vjepa_fast::flash_varlen_attention_backward"
+if _INTERPRETED:
+    _flash_fwd_op = torch.library.custom_op(FWD_NAME, _fwd_impl, mutates_args=())
+    _flash_fwd_op.register_fake(_fwd_fake)
+    _flash_bwd_op = torch.library.custom_op(BWD_NAME, _bwd_impl, mutates_args=())
+    _flash_bwd_op.register_fake(_bwd_fake)
+else:
+    _flash_fwd_op = torch.library.triton_op(FWD_NAME, _fwd_impl, mutates_args=())
+    _flash_bwd_op = torch.library.triton_op(BWD_NAME, _bwd_impl, mutates_args=())
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    qkv, cu_seqlens, max_seqlen, softmax_scale, deterministic = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, cu_seqlens, out, lse)
+    ctx.mark_non_differentiable(lse)
+    ctx.args = (max_seqlen, softmax_scale, deterministic)
+
+
+def _flash_backward(ctx, dout, _dlse):
+    qkv, cu_seqlens, out, lse = ctx.saved_tensors
+    max_seqlen, softmax_scale, deterministic = ctx.args
+    dqkv = torch.ops.vjepa_fast.flash_varlen_attention_backward(dout, qkv, out, lse, cu_seqlens, max_seqlen,
+                                                                 softmax_scale, deterministic)
+    return dqkv, None, None, None, None
+
+
+_flash_fwd_op.register_autograd(_flash_backward, setup_context=_setup_context)
+
+
+def flash_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                           softmax_scale: Optional[float] = None, deterministic: bool = False) -> torch.Tensor:
+    """qkv [T, 3, H, Dh] -> [T, H, Dh]; no input validation here (see attention.varlen_attention)."""
+    scale = qkv.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    out, _ = torch.ops.vjepa_fast.flash_varlen_attention(qkv, cu_seqlens, int(max_seqlen), float(scale),
+                                                         bool(deterministic))
+    return out
+
+
+__all__ = ["flash_varlen_attention", "interpreted", "poison_outputs", "block_sizes", "LOG2E"]
