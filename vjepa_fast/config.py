@@ -83,6 +83,7 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_checkpoints: int = 2
     compile: bool = False  # torch.compile each transformer block
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: debugging, fast compile)
     activation_checkpointing: bool = False
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) / bf16 / fp32
     max_nonfinite: int = 5  # consecutive NaN/Inf losses before the run stops

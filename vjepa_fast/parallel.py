@@ -65,11 +65,11 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
             blk.forward = functools.partial(_checkpointed, blk.forward)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """Compile each block in place; token counts change every step, so shapes are dynamic from the start."""
     for blocks in block_lists(model):
         for blk in blocks:
-            blk.compile(dynamic=True)
+            blk.compile(dynamic=True, backend=backend)
 
 
 def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precision: bool) -> None:
@@ -90,11 +90,12 @@ def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precisi
 
 
 def parallelize(model: nn.Module, top_modules: list[nn.Module], *, world_size: int, compile: bool,
-                activation_checkpointing: bool, mixed_precision: bool = False) -> nn.Module:
+                activation_checkpointing: bool, mixed_precision: bool = False,
+                compile_backend: str = "inductor") -> nn.Module:
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
-        apply_compile(model)
+        apply_compile(model, compile_backend)
     if world_size > 1:
         apply_fsdp(model, top_modules, mixed_precision)
     return model

@@ -103,7 +103,7 @@ class Trainer:
         tops = [m for m in (getattr(self.model, n, None) for n in ("encoder", "predictor", "target_encoder",
                                                                    "decoder")) if m is not None]
         parallelize(self.model, tops, world_size=di.world_size, compile=t.compile,
-                    activation_checkpointing=t.activation_checkpointing)
+                    activation_checkpointing=t.activation_checkpointing, compile_backend=t.compile_backend)
         self.groups = param_groups(self.model.trainable_modules(), cfg.optim.weight_decay)
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = make_optimizer(self.groups, cfg, self.device)
