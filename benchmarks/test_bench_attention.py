@@ -27,10 +27,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
-
 from vjepa_fast.ops import attention as A  # noqa: E402
 
 CUDA = torch.cuda.is_available()

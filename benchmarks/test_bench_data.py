@@ -10,15 +10,10 @@ process, with one decoder thread (what each of many loader workers should use) a
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
 
 av = pytest.importorskip("av")
 

@@ -27,15 +27,9 @@ for the reference) is slower than its GPU side is timed by its CPU side, as it w
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
 
 from vjepa_fast.models.vit import VisionTransformer  # noqa: E402
 from vjepa_fast.ops import _backend  # noqa: E402

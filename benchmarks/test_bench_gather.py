@@ -29,15 +29,9 @@ so every call reads from memory, not from L2.
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
 
 from vjepa_fast.masks import MultiBlockMasker, pack_masks  # noqa: E402
 from vjepa_fast.ops import _backend  # noqa: E402

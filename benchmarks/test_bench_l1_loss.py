@@ -11,15 +11,9 @@ rows and weights read. GB/s is that over the median time; `roofline` divides it 
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
 
 from vjepa_fast.ops import _backend  # noqa: E402
 from vjepa_fast.ops import l1_loss as L  # noqa: E402

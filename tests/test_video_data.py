@@ -375,7 +375,7 @@ def test_index_file_space_separated_with_relative_paths(tmp_path):
     sub = tmp_path / "lists"
     sub.mkdir()
     index = sub / "train.txt"
-    index.write_text(f"clips/a.mp4 3\n\n/abs/b.mp4 0\n../c.mkv 12\n")
+    index.write_text("clips/a.mp4 3\n\n/abs/b.mp4 0\n../c.mkv 12\n")
     entries = read_index_file(index)
     assert [e.label for e in entries] == [3, 0, 12]
     assert entries[0].path == str(sub.resolve() / "clips/a.mp4")

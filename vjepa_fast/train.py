@@ -31,7 +31,7 @@ import torch.distributed as dist
 from vjepa_fast import checkpoint, ops
 from vjepa_fast.config import Config, ConfigError, load_config, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
-from vjepa_fast.flops import device_peak_flops, vjepa_step_flops
+from vjepa_fast.flops import device_peak_flops
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed

@@ -41,7 +41,6 @@ def _padding(cu_seqlens: torch.Tensor, max_seqlen: int, T: int):
     """Row maps between the packed [T] layout and a padded [S, L] one: (valid [S, L], src [S, L], dest [S*L]).
 
     Padded slots read row min(start + j, T - 1) and write to a dump row T, so nothing is out of range."""
-    S = cu_seqlens.numel() - 1
     L = max(int(max_seqlen), 1)
     starts = cu_seqlens[:-1].long()
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
