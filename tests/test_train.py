@@ -140,3 +140,13 @@ def test_compiled_blocks_do_not_recompile_as_token_counts_change(tmp_path, monke
     assert all(r["loss"] == r["loss"] for r in rows)
     assert len(set(ctx_tokens[2:])) > 1  # the packed token count really changed between steps
     assert graphs[1] > 0 and graphs[-1] == graphs[1], graphs  # compiled once (per block kind), then reused
+
+
+def test_checkpoint_of_two_processes_resumes_in_one(tmp_path, subprocess_env):
+    common = [s for s in SMALL if not s.startswith("train.batch_size")]
+    two = _torchrun(2, tmp_path, common + ["train.batch_size=2"], subprocess_env)
+    (tmp_path / "checkpoints" / "step_00000008.pt").unlink()  # as if killed after the step-4 checkpoint
+    one = _torchrun(1, tmp_path, common + ["train.batch_size=4"], subprocess_env)  # same global batch
+    assert sorted(one) == list(range(8))
+    for step in range(4, 8):
+        assert one[step] == pytest.approx(two[step], rel=1e-4), step
