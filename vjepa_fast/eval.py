@@ -90,6 +90,11 @@ def validate_eval(e: EvalConfig) -> None:
         raise ConfigError(f"--weight-decay: must be >= 0, got {e.weight_decay}")
     if e.label is not None and e.label not in LABELS:
         raise ConfigError(f"--label: must be one of {LABELS}, got {e.label!r}")
+    if e.device is not None:
+        try:
+            torch.device(e.device)
+        except RuntimeError:
+            raise ConfigError(f"--device: not a device, got {e.device!r} (e.g. cpu, cuda, cuda:1)") from None
     if not 0 <= e.seed < 2**63:
         raise ConfigError(f"--seed: must be in [0, 2**63), got {e.seed}")
 
@@ -120,6 +125,8 @@ def resolve_checkpoint(path: str) -> tuple[Path, Optional[Path]]:
     p = Path(path).expanduser()
     if p.is_dir():
         found = ckpt.list_checkpoints(p)
+        if not found and p.name == "checkpoints" and ckpt.list_checkpoints(p.parent):
+            return resolve_checkpoint(str(p.parent))  # the run's checkpoints/ folder itself
         if not found:
             raise FileNotFoundError(f"checkpoint: no step_*.pt files in {ckpt.checkpoint_dir(p)} (is {p} a run dir?)")
         run_cfg = p / "config.yaml"
@@ -161,7 +168,8 @@ def encoder_state(payload: Any, path: Path, use_online: bool) -> tuple[dict[str,
         log.warning("%s has no target encoder; using the online encoder", path)
         return parts["encoder"], "online"
     keys = sorted(payload["model"] if isinstance(payload.get("model"), dict) else payload)[:8]
-    raise CheckpointFormatError(f"{path}: no encoder weights (looked for {want} and encoder; keys: {keys})")
+    looked = "encoder.*" if use_online else "target_encoder.* and encoder.*"
+    raise CheckpointFormatError(f"{path}: no encoder weights (looked for {looked}; keys: {keys})")
 
 
 def load_encoder_weights(encoder: nn.Module, path: Path, use_online: bool) -> str:

@@ -49,21 +49,38 @@ def _register_op() -> bool:
 _OP_REGISTERED = _register_op()
 
 
-def _kernel_reason(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> Optional[str]:
-    """None when the C++ kernels accept these lists, otherwise why not."""
+def _check(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> Optional[str]:
+    """Validate the lists (raise on bad input) and say whether the C++ kernels accept them: None, or why not.
+
+    One pass with plain attribute reads: this runs every step over every parameter (~300 for ViT-L), so its Python
+    cost is part of the step's."""
+    if len(targets) != len(sources):
+        raise ValueError(f"ema_update_: {len(targets)} targets but {len(sources)} sources")
+    if not (0.0 <= float(momentum) <= 1.0):
+        raise ValueError(f"ema_update_: momentum must be in [0, 1], got {momentum}")
+    fp32, kernel_sources = torch.float32, (torch.float32, torch.bfloat16)
+    device0 = targets[0].device if targets else None
+    reason = None
     for i, (t, s) in enumerate(zip(targets, sources)):
-        if t.device != targets[0].device:
-            return f"tensor {i}: on {t.device} but tensor 0 on {targets[0].device} (one device per call)"
-        if t.dtype != torch.float32 or s.dtype not in (torch.float32, torch.bfloat16):
-            return f"tensor {i}: needs fp32 targets and fp32/bf16 sources, got {t.dtype} and {s.dtype}"
-        if not (t.is_contiguous() and s.is_contiguous()):
-            return f"tensor {i}: needs contiguous tensors"
-    return None
+        if t.shape != s.shape:
+            raise ValueError(f"ema_update_: tensor {i}: target shape {tuple(t.shape)} != source {tuple(s.shape)}")
+        td, sd = t.device, s.device
+        if td != sd:
+            raise ValueError(f"ema_update_: tensor {i}: target on {td}, source on {sd}")
+        tt, st = t.dtype, s.dtype
+        if not (tt.is_floating_point and st.is_floating_point):
+            raise ValueError(f"ema_update_: tensor {i}: floating point tensors required")
+        if reason is None:
+            if td != device0:
+                reason = f"tensor {i}: on {td} but tensor 0 on {device0} (one device per call)"
+            elif tt is not fp32 or st not in kernel_sources:
+                reason = f"tensor {i}: needs fp32 targets and fp32/bf16 sources, got {tt} and {st}"
+            elif not (t.is_contiguous() and s.is_contiguous()):
+                reason = f"tensor {i}: needs contiguous tensors"
+    return reason
 
 
-def _backends(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> dict[str, _backend.Check]:
-    kernel_reason = _kernel_reason(targets, sources)
-
+def _backends(kernel_reason: Optional[str]) -> dict[str, _backend.Check]:
     def cuda(device: torch.device) -> Optional[str]:
         if device.type != "cuda":
             return "needs CUDA tensors"
@@ -86,20 +103,6 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _validate(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> None:
-    if len(targets) != len(sources):
-        raise ValueError(f"ema_update_: {len(targets)} targets but {len(sources)} sources")
-    if not (0.0 <= float(momentum) <= 1.0):
-        raise ValueError(f"ema_update_: momentum must be in [0, 1], got {momentum}")
-    for i, (t, s) in enumerate(zip(targets, sources)):
-        if t.shape != s.shape:
-            raise ValueError(f"ema_update_: tensor {i}: target shape {tuple(t.shape)} != source {tuple(s.shape)}")
-        if t.device != s.device:
-            raise ValueError(f"ema_update_: tensor {i}: target on {t.device}, source on {s.device}")
-        if not t.is_floating_point() or not s.is_floating_point():
-            raise ValueError(f"ema_update_: tensor {i}: floating point tensors required")
-
-
 @torch.no_grad()
 def ema_update_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> None:
     """In place: targets[i] = momentum * targets[i] + (1 - momentum) * sources[i].
@@ -108,10 +111,10 @@ def ema_update_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]
     one device, fp32 targets, fp32/bf16 sources, all contiguous; the automatic choice falls back to foreach otherwise.
     """
     targets, sources = [_local(t) for t in targets], [_local(s) for s in sources]
-    _validate(targets, sources, momentum)
+    kernel_reason = _check(targets, sources, momentum)
     if not targets:
         return
-    backend = _backend.choose(OP, targets[0].device, _backends(targets, sources))
+    backend = _backend.choose(OP, targets[0].device, _backends(kernel_reason))
     if backend in ("cuda", "cpu"):
         torch.ops.vjepa_fast.ema_update_(targets, sources, float(momentum))
     elif backend == "foreach":
