@@ -87,6 +87,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) / bf16 / fp32
     max_nonfinite: int = 5  # consecutive NaN/Inf losses before the run stops
+    check_indices: bool = False  # debug: range-check every gather/loss/attention index on the GPU too (host syncs)
     resume: bool = True  # continue from <run_dir>/checkpoints when one exists
     init_from: Optional[str] = None  # start from a reference-format checkpoint (weights only; prefixes stripped)
     progress: bool = True
@@ -111,6 +112,7 @@ class Config:
 METHODS = ("vjepa", "videomae")
 SIZES = ("tiny", "small", "base", "large", "huge", "giant")
 PRECISIONS = ("auto", "bf16", "fp32")
+OPS = ("gather", "attention", "dense_attention", "l1_loss", "ema")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -305,8 +307,8 @@ def validate(cfg: Config) -> None:
     if not 0.0 < k.tube_ratio < 1.0:
         raise ConfigError("masks.tube_ratio: must be in (0, 1)")
     for op, name in cfg.backends.items():
-        if op not in ("gather", "attention", "l1_loss", "ema"):
-            raise ConfigError(f"backends.{op}: unknown op (gather, attention, l1_loss, ema)")
+        if op not in OPS:
+            raise ConfigError(f"backends.{op}: unknown op (one of {', '.join(OPS)})")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -87,6 +87,7 @@ class Trainer:
         for op, name in cfg.backends.items():
             ops.set_backend(op, name)
         enable_nvtx(t.nvtx)
+        ops._backend.set_check_indices(t.check_indices)
         self.model = build_model(cfg)
         if t.init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
             loaded = load_reference_into(self.model, t.init_from)

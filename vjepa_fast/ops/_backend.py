@@ -55,3 +55,19 @@ def always(_device: torch.device) -> Optional[str]:
 
 def cuda_only(device: torch.device) -> Optional[str]:
     return None if device.type == "cuda" else "needs a CUDA tensor"
+
+
+# Index-range checks cost a host synchronisation on a GPU, so there they run only in debug mode:
+# VJEPA_FAST_CHECK_INDICES=1 or `set_check_indices(True)` (config key train.check_indices). On the CPU they always run.
+_check_indices = False
+
+
+def set_check_indices(on: bool) -> None:
+    global _check_indices
+    _check_indices = bool(on)
+
+
+def check_indices_by_default(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    return _check_indices or os.environ.get("VJEPA_FAST_CHECK_INDICES", "0") in ("1", "true", "on", "yes")

@@ -349,7 +349,7 @@ def varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: in
     _validate_lengths(qkv, max_seqlen, uniform_len)
     if check_range is None:
         # Never while torch.compile traces: reading the offsets' values would break the graph.
-        check_range = qkv.device.type == "cpu" and not torch.compiler.is_compiling()
+        check_range = _backend.check_indices_by_default(qkv.device) and not torch.compiler.is_compiling()
     if check_range:
         _check_range(qkv, cu_seqlens, max_seqlen, uniform_len)
     if uniform_len is not None:

@@ -136,7 +136,7 @@ def masked_gather(tokens: torch.Tensor, pos: Optional[torch.Tensor], rows: torch
         False: accumulation with fp32 atomics on CUDA (for rows repeated very many times).
     """
     if check_range is None:
-        check_range = tokens.device.type == "cpu"
+        check_range = _backend.check_indices_by_default(tokens.device)
     if torch.compiler.is_compiling():
         check_range = False  # a data-dependent check would break the graph
     _validate(tokens, pos, rows, check_range)

@@ -247,7 +247,7 @@ def l1_target_loss(z: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, row_wei
     unchecked out-of-range rows make the Triton path return NaN rather than read out of bounds.
     """
     if check_range is None:
-        check_range = z.device.type == "cpu"
+        check_range = _backend.check_indices_by_default(z.device)
     _validate(z, h, rows, row_weight, check_range)
     backend = _choose(z.device, z.shape[1])
     if backend == "triton":
