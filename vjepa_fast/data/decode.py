@@ -272,7 +272,32 @@ class PyAVReader(VideoReader):
             self._container = None
 
 
-class DecordReader(VideoReader):
+class _BatchReader(VideoReader):
+    """Readers whose library decodes a list of frame indices in one call (decord, torchcodec): they set
+    self.path, self._n and self._fps when opening and implement _read_batch."""
+
+    @property
+    def fps(self) -> Optional[float]:
+        return self._fps
+
+    @property
+    def num_frames(self) -> int:
+        return self._n
+
+    def _read_batch(self, idx: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        idx = _check_indices(indices, self._n, self.path)
+        if idx.size == 0:
+            return torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+        try:
+            return self._read_batch(idx)
+        except Exception as e:
+            raise VideoDecodeError(f"{self.path}: decoding failed ({type(e).__name__}: {e})") from e
+
+
+class DecordReader(_BatchReader):
     backend = "decord"
 
     def __init__(self, path: str, threads: int = 1):
@@ -290,28 +315,14 @@ class DecordReader(VideoReader):
             raise VideoDecodeError(f"{self.path}: no video frames")
         self._fps = fps if 0 < fps < 1000 else None
 
-    @property
-    def fps(self) -> Optional[float]:
-        return self._fps
-
-    @property
-    def num_frames(self) -> int:
-        return self._n
-
-    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        idx = _check_indices(indices, self._n, self.path)
-        if idx.size == 0:
-            return torch.empty(0, 0, 0, 3, dtype=torch.uint8)
-        try:
-            return torch.from_numpy(np.ascontiguousarray(self._vr.get_batch(idx.tolist()).asnumpy()))
-        except Exception as e:
-            raise VideoDecodeError(f"{self.path}: decoding failed ({type(e).__name__}: {e})") from e
+    def _read_batch(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self._vr.get_batch(idx.tolist()).asnumpy()))
 
     def close(self) -> None:
         self._vr = None
 
 
-class TorchCodecReader(VideoReader):
+class TorchCodecReader(_BatchReader):
     backend = "torchcodec"
 
     def __init__(self, path: str, threads: int = 1):
@@ -336,22 +347,8 @@ class TorchCodecReader(VideoReader):
             raise VideoDecodeError(f"{self.path}: no video frames")
         self._fps = fps if 0 < fps < 1000 else None
 
-    @property
-    def fps(self) -> Optional[float]:
-        return self._fps
-
-    @property
-    def num_frames(self) -> int:
-        return self._n
-
-    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        idx = _check_indices(indices, self._n, self.path)
-        if idx.size == 0:
-            return torch.empty(0, 0, 0, 3, dtype=torch.uint8)
-        try:
-            return self._dec.get_frames_at(idx.tolist()).data.contiguous()
-        except Exception as e:
-            raise VideoDecodeError(f"{self.path}: decoding failed ({type(e).__name__}: {e})") from e
+    def _read_batch(self, idx: np.ndarray) -> torch.Tensor:
+        return self._dec.get_frames_at(idx.tolist()).data.contiguous()
 
     def close(self) -> None:
         self._dec = None
