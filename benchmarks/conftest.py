@@ -32,6 +32,17 @@ def _roofline_module():
     return module
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_cpu_thread():
+    """CPU numbers are a smoke test on shared machines: with two intra-op threads, one descheduled thread stalls every
+    parallel region for a whole time slice and rounds jump by 100x. One thread keeps them steady."""
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -60,16 +60,6 @@ CASES = [(shape, variant) for shape, (_, _, uniform) in SHAPES.items()
          for variant in VARLEN + (DENSE_ONLY if uniform else [])]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    # CPU numbers are a smoke test on shared machines; one intra-op thread keeps rounds steady.
-    threads = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def matmul_peak():
     """This card's measured bf16 matmul rate (TFLOP/s), the roofline for attention; None on the CPU."""

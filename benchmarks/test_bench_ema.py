@@ -52,16 +52,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    # CPU numbers are a smoke test on shared machines: one intra-op thread keeps rounds steady.
-    threads = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def params():
     """{'fp32': fp32 sources, 'bf16': bf16 sources, 'targets': fp32 targets}, lists over the encoder's parameters."""

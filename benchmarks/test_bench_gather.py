@@ -62,17 +62,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    # CPU numbers are a smoke test on shared machines: with two intra-op threads, one descheduled thread stalls
-    # every parallel region for a whole time slice. One thread is steady.
-    threads = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def inputs():
     """rows [R] int64, pos [N, D], COPIES token tensors [B, N, D] and COPIES incoming gradients [R, D]."""

@@ -35,17 +35,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    # CPU numbers are a smoke test on shared machines: with two intra-op threads, one descheduled thread stalls
-    # every parallel region for a whole time slice, so rounds jump from 0.5 ms to 100 ms. One thread is steady.
-    threads = torch.get_num_threads()
-    if not CUDA:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def copy_bandwidth() -> float:
     """Measured peak copy bandwidth in GB/s (read + write), the roofline for this memory-bound op."""
