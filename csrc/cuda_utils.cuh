@@ -30,6 +30,15 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// A pack with every element set to `x` (rounded to T).
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> filled_pack(float x) {
+  Pack<T, N> p;
+#pragma unroll
+  for (int k = 0; k < N; ++k) p.v[k] = from_f32<T>(x);
+  return p;
+}
+
 // Whether `p` can be accessed as Pack<T, N>.
 template <typename T, int N>
 inline bool pack_aligned(const void* p) {
@@ -44,6 +53,29 @@ inline int64_t grid_size(int64_t work_blocks, int blocks_per_sm = 8) {
   const int64_t cap = static_cast<int64_t>(sms) * blocks_per_sm;
   return work_blocks < 1 ? 1 : (work_blocks < cap ? work_blocks : cap);
 }
+
+// Row kernels (gather_cuda.cu, indexed_gather_cuda.cu) use 2-D blocks of kRowThreads threads: threadIdx.x walks
+// the `cols` packs of one row (a power of two up to kRowThreads), threadIdx.y picks one of the block's rows, and
+// the grid strides over rows.
+constexpr int kRowThreads = 256;
+
+struct RowLaunch {
+  dim3 block;
+  unsigned int grid;
+};
+
+inline RowLaunch row_launch(int64_t rows, int64_t cols) {
+  unsigned int tx = 1;
+  while (tx < cols && tx < kRowThreads) tx *= 2;
+  const unsigned int ty = kRowThreads / tx;
+  const int64_t blocks = (rows + ty - 1) / ty;
+  return {dim3(tx, ty), static_cast<unsigned int>(grid_size(blocks))};
+}
+
+__device__ __forceinline__ int64_t first_row() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+}
+__device__ __forceinline__ int64_t row_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.y; }
 
 }  // namespace cuda
 }  // namespace vjepa_fast

@@ -2,6 +2,7 @@
 // Rows are independent, so at::parallel_for splits them across threads; the per-row loop over D is a plain
 // contiguous loop the compiler vectorises (float) or a memcpy when there is no position embedding.
 #include "checks.h"
+#include "cpu_utils.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -16,16 +17,6 @@
 
 namespace vjepa_fast {
 namespace {
-
-// About 32k elements per task: big enough to amortise the task, small enough to balance a few cores.
-inline int64_t rows_grain(int64_t D) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1)); }
-
-void check_rows_in_range(const int64_t* rows, int64_t R, int64_t limit, const char* op) {
-  for (int64_t r = 0; r < R; ++r) {
-    TORCH_CHECK_INDEX(rows[r] >= 0 && rows[r] < limit, op, ": row index ", rows[r], " at position ", r,
-                      " is out of range [0, ", limit, ")");
-  }
-}
 
 template <typename T, typename P>
 void gather_rows(const T* tok, const P* pos, const int64_t* rows, T* out, int64_t R, int64_t N, int64_t D) {
@@ -105,20 +96,6 @@ void scatter_unique(const T* g, const int64_t* rows, T* out, int64_t R, int64_t 
         }
         for (int64_t c = 0; c < D; ++c) dst[c] = static_cast<T>(acc[c]);
       }
-    }
-  });
-}
-
-// unique=False: fp32 accumulator; threads own disjoint column ranges, so every thread walks all rows with no races
-// and the sum order (row order) is deterministic.
-template <typename T>
-void scatter_accumulate(const T* g, const int64_t* rows, float* acc, int64_t R, int64_t D) {
-  const int64_t grain = std::max<int64_t>(64, D / std::max<int>(1, at::get_num_threads()));
-  at::parallel_for(0, D, grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t r = 0; r < R; ++r) {
-      float* a = acc + rows[r] * D;
-      const T* s = g + r * D;
-      for (int64_t c = c0; c < c1; ++c) a[c] += static_cast<float>(s[c]);
     }
   });
 }

@@ -18,26 +18,7 @@ namespace vjepa_fast {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-struct RowLaunch {
-  dim3 block;
-  unsigned int grid;
-};
-
-// threadIdx.x covers `cols` packs of a row (a power of two up to 256), threadIdx.y the rows of a block.
-RowLaunch row_launch(int64_t rows, int64_t cols) {
-  unsigned int tx = 1;
-  while (tx < cols && tx < kThreads) tx *= 2;
-  const unsigned int ty = kThreads / tx;
-  const int64_t blocks = (rows + ty - 1) / ty;
-  return {dim3(tx, ty), static_cast<unsigned int>(grid_size(blocks))};
-}
-
-__device__ __forceinline__ int64_t first_row() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-}
-__device__ __forceinline__ int64_t row_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.y; }
+constexpr int kThreads = kRowThreads;  // row_launch / first_row / row_stride: cuda_utils.cuh
 
 // out[r] = tok[rows[r]] + pos[rows[r] % N] in fp32, rounded once to T. `cols` = D / VEC packs per row.
 // A row index outside [0, M) cannot be reported without a host sync, so its output row is filled with NaN

@@ -15,6 +15,14 @@ TORCH_LIBRARY(vjepa_fast, m) {
   // any rows; the name says which case each is fastest for.
   m.def("masked_gather_backward(Tensor grad, Tensor rows, int batch, int num_tokens, bool unique) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // out[r] = src[src_rows[r]] + pos[pos_rows[r]] (pos optional; pos_rows is not read without it), computed in fp32,
+  // stored in src.dtype. The predictor's layout step: src = [projected context rows ; mask tokens], pos = its table.
+  m.def("indexed_gather_add(Tensor src, Tensor src_rows, Tensor? pos, Tensor pos_rows) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // d(src) of indexed_gather_add: [num_src_rows, D], zero where no row was gathered, the sum of the grad rows where
+  // several were (a mask token is gathered once per target row), summed in fp32 and rounded once.
+  m.def("indexed_gather_add_backward(Tensor grad, Tensor src_rows, int num_src_rows) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
   // targets[i] <- momentum * targets[i] + (1 - momentum) * sources[i], in place, fp32 targets, fp32/bf16 sources.
   m.def("ema_update_(Tensor(a!)[] targets, Tensor[] sources, float momentum) -> ()", {at::Tag::pt2_compliant_tag});
 }

@@ -317,3 +317,366 @@ def test_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error():
             masked_gather(tokens, pos, rows)
     finally:
         _backend.set_backend("gather", None)
+
+
+# ---- indexed_gather_add: out[r] = src[src_rows[r]] + pos[pos_rows[r]] (the predictor's layout step) ----------------
+
+from vjepa_fast.ops.gather import indexed_gather_add, indexed_gather_add_reference  # noqa: E402
+
+# (S, P, R, D): one row, primes, D = 1, odd D (general path), D a multiple of 8 (vectorised path), R = 0, large D.
+IG_SHAPES = [(1, 1, 1, 1), (7, 5, 13, 7), (11, 13, 37, 64), (3, 17, 50, 96), (4, 3, 0, 8), (5, 2, 9, 1000)]
+
+
+def _ig_inputs(S, P, R, D, dtype, pos_kind, gen, device="cpu"):
+    src = torch.randn(S, D, generator=gen).to(device=device, dtype=dtype)
+    src_rows = torch.randint(0, S, (R,), generator=gen).to(device)
+    pos = pos_rows = None
+    if pos_kind is not None:
+        pos = torch.randn(P, D, generator=gen).to(device=device, dtype=dtype if pos_kind == "same" else torch.float32)
+        pos_rows = torch.randint(0, P, (R,), generator=gen).to(device)
+    return src, src_rows, pos, pos_rows
+
+
+def _ig_run(src, src_rows, pos, pos_rows, grad_out, fn=indexed_gather_add):
+    s = src.detach().clone().requires_grad_(True)
+    out = fn(s, src_rows, pos, pos_rows)
+    (g,) = torch.autograd.grad(out, s, grad_out)
+    return out.detach(), g
+
+
+def _ig_check(src, src_rows, pos, pos_rows, gen):
+    """Fast path vs the reference in the same dtype and in fp64 (2x rule), forward and d(src)."""
+    grad_out = torch.randn(src_rows.numel(), src.shape[1], generator=gen).to(src.device, src.dtype)
+    out, g = _ig_run(src, src_rows, pos, pos_rows, grad_out)
+    ref_out, ref_g = _ig_run(src, src_rows, pos, pos_rows, grad_out, indexed_gather_add_reference)
+    p64 = None if pos is None else pos.double()
+    ex_out, ex_g = _ig_run(src.double(), src_rows, p64, pos_rows, grad_out.double(), indexed_gather_add_reference)
+    _assert_2x(out, ref_out, ex_out, "forward")
+    _assert_2x(g, ref_g, ex_g, "gradient")
+    if pos is None or pos.dtype == src.dtype:
+        assert torch.equal(out, ref_out)  # a copy, or one add of two T values rounded once
+    if src_rows.unique().numel() == src_rows.numel():
+        assert torch.equal(g, ref_g)  # every source row gathered at most once: the gradient is a copy
+    return out, g
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", IG_SHAPES)
+@pytest.mark.parametrize("pos_kind", [None, "same", "fp32"])
+def test_indexed_cpu_matches_reference(backend, dtype, shape, pos_kind):
+    gen = torch.Generator().manual_seed(_seed("indexed", dtype, shape, pos_kind))
+    _ig_check(*_ig_inputs(*shape, dtype, pos_kind, gen), gen)
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_indexed_cpu_output_fully_written(backend, dtype):
+    # The output comes from at::empty: fill the allocator's memory with NaN first, then every element must be finite.
+    gen = torch.Generator().manual_seed(_seed("poison", dtype))
+    for _ in range(3):
+        torch.full((41, 24), float("nan"), dtype=dtype).sum()  # a NaN block the next allocation may reuse
+        src, src_rows, pos, pos_rows = _ig_inputs(9, 6, 41, 24, dtype, "fp32", gen)
+        out = indexed_gather_add(src, src_rows, pos, pos_rows)
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_indexed_heavily_repeated_rows(backend, dtype):
+    # The predictor's pattern: Rc context rows gathered once each, then M mask-token rows gathered ~hundreds of
+    # times each, interleaved by sequence. d(mask token m) = sum over its copies, computed in fp32; rows never
+    # gathered get exactly zero.
+    gen = torch.Generator().manual_seed(_seed("repeat", dtype))
+    Rc, M, D, per_seq = 23, 3, 40, 97
+    src = torch.randn(Rc + M + 2, D, generator=gen).to(dtype)  # two trailing rows nobody gathers
+    parts = []
+    ctx = torch.randperm(Rc, generator=gen)
+    for s, chunk in enumerate(ctx.chunk(6)):
+        parts += [chunk, torch.full((per_seq,), Rc + s % M)]
+    src_rows = torch.cat(parts)
+    pos = torch.randn(50, D, generator=gen)
+    pos_rows = torch.randint(0, 50, (src_rows.numel(),), generator=gen)
+    out, g = _ig_check(src, src_rows, pos, pos_rows, gen)
+    grad_out = torch.randn(src_rows.numel(), D, generator=gen).to(dtype)
+    _, g = _ig_run(src, src_rows, pos, pos_rows, grad_out)
+    want = torch.zeros(src.shape[0], D, dtype=torch.float64).index_add_(0, src_rows, grad_out.double())
+    assert torch.equal(g[-2:], torch.zeros_like(g[-2:]))
+    assert torch.equal(g[:Rc], grad_out[torch.argsort(src_rows)[:Rc]])  # context rows: plain copies
+    # fp32 accumulation, one rounding: within a few ulps of the exact sum (bf16 index_add_ would be far worse).
+    rel = 2 * torch.finfo(dtype).eps + 2 * per_seq * torch.finfo(torch.float32).eps
+    tol = rel * torch.zeros_like(want).index_add_(0, src_rows, grad_out.double().abs())
+    assert ((g.double() - want).abs() <= tol + 1e-30).all()
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_indexed_backward_is_deterministic(backend):
+    gen = torch.Generator().manual_seed(_seed("det"))
+    grad = torch.randn(3000, 130, generator=gen)
+    rows = torch.randint(0, 4, (3000,), generator=gen)
+    a = torch.ops.vjepa_fast.indexed_gather_add_backward(grad, rows, 6)
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            assert torch.equal(torch.ops.vjepa_fast.indexed_gather_add_backward(grad, rows, 6), a)
+        finally:
+            torch.set_num_threads(old)
+    assert torch.equal(a[4:], torch.zeros(2, 130))
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_indexed_non_contiguous_and_int32(backend):
+    gen = torch.Generator().manual_seed(_seed("noncontig"))
+    src = torch.randn(16, 9, generator=gen).t()  # [9, 16], not contiguous
+    pos = torch.randn(16, 7, generator=gen).t()
+    src_rows = torch.randint(0, 9, (21,), generator=gen, dtype=torch.int32)
+    pos_rows = torch.randint(0, 7, (21,), generator=gen, dtype=torch.int32)
+    out, g = _ig_check(src, src_rows, pos, pos_rows, gen)
+    assert g.shape == src.shape
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+def test_indexed_empty(backend):
+    src = torch.randn(4, 6, requires_grad=True)
+    pos = torch.randn(3, 6)
+    empty = torch.empty(0, dtype=torch.long)
+    out = indexed_gather_add(src, empty, pos, empty)
+    assert out.shape == (0, 6)
+    (g,) = torch.autograd.grad(out.sum() + 0 * src.sum(), src)
+    assert torch.equal(g, torch.zeros_like(src))
+    # An empty src with no rows is fine too; the backward op writes zeros for every source row.
+    assert indexed_gather_add(torch.randn(0, 6), empty, None, None).shape == (0, 6)
+    if backend == "cpu":
+        grad = torch.ops.vjepa_fast.indexed_gather_add_backward(torch.empty(0, 6), empty, 4)
+        assert torch.equal(grad, torch.zeros(4, 6))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+def test_indexed_out_of_range_raises(backend):
+    src, pos = torch.randn(5, 8), torch.randn(3, 8)
+    ok = torch.tensor([0, 1, 2])
+    for name, bad_src, bad_pos in (("src_rows", torch.tensor([0, 5, 1]), ok), ("src_rows", torch.tensor([-1, 0, 1]), ok),
+                                   ("pos_rows", ok, torch.tensor([0, 3, 1])), ("pos_rows", ok, torch.tensor([0, 0, -2]))):
+        with pytest.raises(IndexError, match=f"{name}.*out of range"):
+            indexed_gather_add(src, bad_src, pos, bad_pos)
+        with pytest.raises(IndexError):  # unchecked in Python: the kernel (or index_select) raises too
+            indexed_gather_add(src, bad_src, pos, bad_pos, check_range=False)
+
+
+def test_indexed_ops_check_arguments_themselves():
+    if not _ext.has_op("indexed_gather_add"):
+        pytest.skip("extension not built")
+    src, pos = torch.randn(5, 8), torch.randn(3, 8)
+    rows = torch.tensor([0, 4])
+    op, bwd = torch.ops.vjepa_fast.indexed_gather_add, torch.ops.vjepa_fast.indexed_gather_add_backward
+    with pytest.raises(IndexError, match="src_rows index 5 at position 1 is out of range"):
+        op(src, torch.tensor([0, 5]), pos, rows)
+    with pytest.raises(IndexError, match="pos_rows index 4 at position 1 is out of range"):
+        op(src, rows, pos, rows)
+    with pytest.raises(IndexError, match="out of range"):
+        bwd(torch.randn(2, 8), torch.tensor([0, 5]), 5)
+    with pytest.raises(ValueError, match="contiguous"):
+        op(torch.randn(8, 5).t(), rows, None, rows)
+    with pytest.raises(ValueError, match="pos_rows"):
+        op(src, rows, pos, torch.tensor([0]))
+    with pytest.raises(ValueError, match="num_src_rows"):
+        bwd(torch.randn(2, 8), rows, -1)
+    with pytest.raises(ValueError, match="grad has"):
+        bwd(torch.randn(3, 8), rows, 5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
+def test_indexed_bad_inputs_raise_clear_errors(backend):
+    src, pos = torch.randn(5, 8).bfloat16(), torch.randn(3, 8).bfloat16()
+    rows = torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="src must be"):
+        indexed_gather_add(src.int(), rows, None, None)
+    with pytest.raises(ValueError, match="src must be"):
+        indexed_gather_add(src[0], rows, None, None)
+    with pytest.raises(ValueError, match="src_rows must be"):
+        indexed_gather_add(src, rows.float(), pos, rows)
+    with pytest.raises(ValueError, match="src_rows must be"):
+        indexed_gather_add(src, rows[None], pos, rows)
+    with pytest.raises(ValueError, match="pos_rows must be"):
+        indexed_gather_add(src, rows, pos, rows.float())
+    with pytest.raises(ValueError, match="pos_rows is None"):
+        indexed_gather_add(src, rows, pos, None)
+    with pytest.raises(ValueError, match="one position per output row"):
+        indexed_gather_add(src, rows, pos, rows[:1])
+    with pytest.raises(ValueError, match="pos must be"):
+        indexed_gather_add(src, rows, pos[:, :4], rows)
+    with pytest.raises(ValueError, match="pos must have"):
+        indexed_gather_add(src, rows, pos.half(), rows)
+    with pytest.raises(ValueError, match="fp64 pos"):
+        indexed_gather_add(src.double(), rows, pos.float(), rows)
+    with pytest.raises(ValueError, match="no gradient"):
+        indexed_gather_add(src, rows, pos.float().requires_grad_(True), rows)
+    with torch.no_grad():  # fine when autograd is not recording
+        indexed_gather_add(src, rows, pos.float().requires_grad_(True), rows)
+
+
+def test_indexed_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error():
+    from vjepa_fast.ops import _backend
+
+    gen = torch.Generator().manual_seed(12)
+    src = torch.randn(6, 5, dtype=torch.float64, generator=gen)
+    pos = torch.randn(4, 5, dtype=torch.float64, generator=gen)
+    src_rows, pos_rows = torch.tensor([5, 0, 5, 2]), torch.tensor([3, 3, 0, 1])
+    assert torch.equal(indexed_gather_add(src, src_rows, pos, pos_rows),
+                       indexed_gather_add_reference(src, src_rows, pos, pos_rows))
+    _backend.set_backend("gather", "cpu")
+    try:
+        with pytest.raises(RuntimeError, match="fp64"):
+            indexed_gather_add(src, src_rows, pos, pos_rows)
+    finally:
+        _backend.set_backend("gather", None)
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_indexed_double_backward(backend):
+    src = torch.randn(5, 6, requires_grad=True)
+    rows = torch.tensor([4, 1, 4, 4, 0])
+    grad_out = torch.randn(5, 6, requires_grad=True)
+    out = indexed_gather_add(src, rows, torch.randn(2, 6), torch.tensor([0, 1, 1, 0, 1]))
+    (g,) = torch.autograd.grad(out, src, grad_out, create_graph=True)
+    v = torch.randn(5, 6)
+    (gg,) = torch.autograd.grad((g * v).sum(), grad_out)
+    assert torch.equal(gg, v[rows])
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("with_pos", [True, False])
+def test_indexed_opcheck(backend, with_pos):
+    src = torch.randn(6, 12, requires_grad=True)
+    pos = torch.randn(4, 12) if with_pos else None
+    src_rows, pos_rows = torch.tensor([3, 0, 5, 3, 3]), torch.tensor([1, 0, 3, 3, 2])
+    op = torch.ops.vjepa_fast.indexed_gather_add.default
+    torch.library.opcheck(op, (src, src_rows, pos, pos_rows))
+    torch.library.opcheck(op, (src.detach().bfloat16().requires_grad_(True), src_rows, pos, pos_rows))
+    grad = torch.randn(5, 12, requires_grad=True)
+    torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add_backward.default, (grad, src_rows, 6))
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_indexed_torch_compile_no_graph_break(backend):
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(_seed("compile"))
+    src, src_rows, pos, pos_rows = _ig_inputs(7, 5, 19, 16, torch.float32, "same", gen)
+    w = torch.randn(16, generator=gen)
+
+    def f(s, sr, p, pr):
+        return (indexed_gather_add(s, sr, p, pr) * w).sin().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break is an error
+    s1, s2 = src.clone().requires_grad_(True), src.clone().requires_grad_(True)
+    y1, y2 = f(s1, src_rows, pos, pos_rows), compiled(s2, src_rows, pos, pos_rows)
+    y1.backward()
+    y2.backward()
+    torch.testing.assert_close(y2, y1)
+    torch.testing.assert_close(s2.grad, s1.grad)
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", IG_SHAPES + [(3000, 1568, 40000, 384), (9, 7, 131, 33)])
+@pytest.mark.parametrize("pos_kind", [None, "same", "fp32"])
+def test_indexed_cuda_matches_reference(backend, dtype, shape, pos_kind):
+    gen = torch.Generator().manual_seed(_seed("indexed-cuda", dtype, shape, pos_kind))
+    _ig_check(*_ig_inputs(*shape, dtype, pos_kind, gen, device="cuda"), gen)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_indexed_cuda_predictor_pattern_and_misaligned(backend, dtype):
+    # Runs of one mask token per sequence (the atomics are aggregated per run), plus views one element into their
+    # storage so the 16-byte path must not be taken.
+    gen = torch.Generator().manual_seed(_seed("cuda-runs", dtype))
+    Rc, M, D = 500, 2, 64
+    parts = []
+    for s, chunk in enumerate(torch.randperm(Rc, generator=gen).chunk(8)):
+        parts += [chunk, torch.full((int(torch.randint(1, 300, (1,), generator=gen)),), Rc + s % M)]
+    src_rows = torch.cat(parts).cuda()
+    pos_rows = torch.randint(0, 100, (src_rows.numel(),), generator=gen).cuda()
+    for offset in (0, 1):
+        sbuf = torch.randn((Rc + M) * D + offset, generator=gen).to("cuda", dtype)
+        pbuf = torch.randn(100 * D + offset, generator=gen).to("cuda", dtype)
+        src, pos = sbuf[offset:].view(Rc + M, D), pbuf[offset:].view(100, D)
+        _ig_check(src, src_rows, pos, pos_rows, gen)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+def test_indexed_cuda_out_of_range_empty_and_opcheck(backend):
+    src, pos = torch.randn(5, 8, device="cuda"), torch.randn(3, 8, device="cuda")
+    src_rows, pos_rows = torch.tensor([0, 5, 3, 1], device="cuda"), torch.tensor([0, 1, 3, 2], device="cuda")
+    with pytest.raises(IndexError, match="out of range"):
+        indexed_gather_add(src, src_rows, pos, pos_rows, check_range=True)
+    out = indexed_gather_add(src, src_rows, pos, pos_rows)  # unchecked: bad rows are poisoned, the others right
+    assert torch.isnan(out[1]).all() and torch.isnan(out[2]).all()
+    good = torch.tensor([0, 3], device="cuda")
+    torch.testing.assert_close(out[good], indexed_gather_add_reference(src, src_rows[good], pos, pos_rows[good]))
+    empty = torch.empty(0, dtype=torch.long, device="cuda")
+    assert indexed_gather_add(src, empty, pos, empty).shape == (0, 8)
+    assert torch.equal(torch.ops.vjepa_fast.indexed_gather_add_backward(torch.empty(0, 8, device="cuda"), empty, 5),
+                       torch.zeros(5, 8, device="cuda"))
+    s = src.clone().requires_grad_(True)
+    rows = torch.tensor([3, 0, 4, 3, 3], device="cuda")
+    torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add.default, (s, rows, pos, rows % 3))
+    torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add_backward.default,
+                          (torch.randn(5, 8, device="cuda"), rows, 5))
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_indexed_builds_the_predictor_layout(backend, dtype):
+    # pack_masks' pred_src_rows / pred_pos_rows through the op give the buffer the predictor used to build with
+    # index_copy of [x + pos ; mask token + pos]: bit-equal in fp32 (same adds), and the same gradients.
+    import numpy as np
+
+    from vjepa_fast.masks import pack_masks
+
+    gen = torch.Generator().manual_seed(_seed("layout", dtype))
+    rng = np.random.default_rng(_seed("layout-np", dtype))
+    M, B, N, Dp = 2, 3, 29, 24
+    masks = []
+    for _ in range(M):
+        per = []
+        for _ in range(B):
+            perm, nc = rng.permutation(N), int(rng.integers(1, N))
+            per.append((np.sort(perm[:nc]), np.sort(perm[nc:nc + int(rng.integers(0, N - nc + 1))])))
+        masks.append(per)
+    pm = pack_masks(masks, N)
+    Rc = pm.ctx_rows.numel()
+    x = torch.randn(Rc, Dp, generator=gen).to(dtype).requires_grad_(True)
+    tokens = torch.randn(M, Dp, generator=gen).requires_grad_(True)  # fp32 parameters, as in the predictor
+    pos = torch.randn(N, Dp, generator=gen)
+    grad_out = torch.randn(pm.pred_src_rows.numel(), Dp, generator=gen).to(dtype)
+
+    buf = indexed_gather_add(torch.cat([x, tokens.to(dtype)]), pm.pred_src_rows, pos, pm.pred_pos_rows)
+    gx, gt = torch.autograd.grad(buf, (x, tokens), grad_out)
+    old_x = x + pos[pm.ctx_rows % N].to(dtype)
+    old_t = (tokens.to(dtype)[pm.tgt_mask_id].float() + pos[pm.tgt_rows % N]).to(dtype)
+    slots = torch.cat([pm.pred_ctx_slots, pm.pred_tgt_slots])
+    old = torch.full_like(buf, float("nan")).index_copy(0, slots, torch.cat([old_x, old_t]))
+    ogx, ogt = torch.autograd.grad(old, (x, tokens), grad_out)
+    assert torch.isfinite(buf).all()
+    if dtype == torch.float32:
+        assert torch.equal(buf, old)
+    else:  # the op adds the fp32 pos without rounding it to bf16 first: the exact sum rounded once to bf16
+        src64 = torch.cat([x, tokens.to(dtype)]).double()
+        exact = src64[pm.pred_src_rows] + pos.double()[pm.pred_pos_rows]
+        assert ((buf.double() - exact).abs() <= torch.finfo(dtype).eps * exact.abs()).all()
+    assert torch.equal(gx, ogx)  # every context row is gathered once: its gradient is a copy
+    # Mask tokens: the sum over all their target slots, in fp32 and rounded once to bf16 (index_select's backward
+    # on the old path summed in bf16 instead, which is why it is not the yardstick here).
+    g_t = grad_out[pm.pred_tgt_slots].double()
+    exact = torch.zeros(M, Dp, dtype=torch.float64).index_add_(0, pm.tgt_mask_id, g_t)
+    bound = torch.zeros(M, Dp, dtype=torch.float64).index_add_(0, pm.tgt_mask_id, g_t.abs())
+    n = pm.tgt_rows.numel()
+    assert ((gt.double() - exact).abs() <= torch.finfo(dtype).eps * exact.abs() + n * 2**-23 * bound).all()
+    if dtype == torch.float32:
+        torch.testing.assert_close(gt, ogt, rtol=1e-5, atol=1e-5)

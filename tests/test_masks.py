@@ -209,6 +209,7 @@ def _pack_loop(masks, n, truncate):
     """Straightforward construction of every PackedMasks field, one token at a time."""
     M, B = len(masks), len(masks[0])
     f = {k: [] for k in ("ctx_rows", "tgt_rows", "tgt_mask_id", "pred_ctx_slots", "pred_tgt_slots")}
+    slots = []  # predictor buffer, slot by slot: ("ctx", context row index, n) or ("tgt", mask m, n)
     ctx_cu, tgt_cu, pred_cu = [0], [0], [0]
     ctx_lens, tgt_lens, pred_lens = [], [], []
     tgt_counts = [0] * M
@@ -223,6 +224,8 @@ def _pack_loop(masks, n, truncate):
             f["tgt_rows"] += [b * n + x for x in t]
             f["tgt_mask_id"] += [m] * len(t)
             start = pred_cu[-1]
+            slots += [("ctx", len(f["ctx_rows"]) - len(c) + j, x) for j, x in enumerate(c)]
+            slots += [("tgt", m, x) for x in t]
             f["pred_ctx_slots"] += list(range(start, start + len(c)))
             f["pred_tgt_slots"] += list(range(start + len(c), start + len(c) + len(t)))
             ctx_cu.append(ctx_cu[-1] + len(c))
@@ -234,6 +237,10 @@ def _pack_loop(masks, n, truncate):
             tgt_counts[m] += len(t)
     f.update(ctx_cu=ctx_cu, tgt_cu=tgt_cu, pred_cu=pred_cu, tgt_counts=tgt_counts, ctx_max=max(ctx_lens),
              tgt_max=max(tgt_lens), pred_max=max(pred_lens))
+    # The predictor's one gather: src = [context rows (Rc) ; mask tokens], so a target slot reads row Rc + m.
+    rc = len(f["ctx_rows"])
+    f["pred_src_rows"] = [j if kind == "ctx" else rc + j for kind, j, _ in slots]
+    f["pred_pos_rows"] = [n for _, _, n in slots]
     return f
 
 
@@ -256,7 +263,8 @@ def _check_packed(p: PackedMasks, masks, n, truncate):
     ref = _pack_loop(masks, n, truncate)
     for name in ("ctx_cu", "tgt_cu", "pred_cu"):
         assert getattr(p, name).dtype == torch.int32
-    for name in ("ctx_rows", "tgt_rows", "tgt_mask_id", "tgt_counts", "pred_ctx_slots", "pred_tgt_slots"):
+    for name in ("ctx_rows", "tgt_rows", "tgt_mask_id", "tgt_counts", "pred_ctx_slots", "pred_tgt_slots",
+                 "pred_src_rows", "pred_pos_rows"):
         assert getattr(p, name).dtype == torch.int64, name
     for name, want in ref.items():
         got = getattr(p, name)
@@ -272,6 +280,13 @@ def _check_packed(p: PackedMasks, masks, n, truncate):
     slots = torch.cat([p.pred_ctx_slots, p.pred_tgt_slots])
     assert torch.equal(slots.sort().values, torch.arange(len(p.ctx_rows) + len(p.tgt_rows)))
     assert torch.equal(p.pred_cu, p.ctx_cu + p.tgt_cu)
+    # The gather indices agree with the slots: slot pred_ctx_slots[j] reads context row j at token ctx_rows[j] % n,
+    # slot pred_tgt_slots[i] reads mask token Rc + tgt_mask_id[i] at token tgt_rows[i] % n.
+    rc = len(p.ctx_rows)
+    assert torch.equal(p.pred_src_rows[p.pred_ctx_slots], torch.arange(rc))
+    assert torch.equal(p.pred_src_rows[p.pred_tgt_slots], rc + p.tgt_mask_id)
+    assert torch.equal(p.pred_pos_rows[p.pred_ctx_slots], p.ctx_rows % n)
+    assert torch.equal(p.pred_pos_rows[p.pred_tgt_slots], p.tgt_rows % n)
 
 
 @pytest.mark.parametrize("truncate", [False, True])
@@ -350,3 +365,18 @@ def test_default_specs():
     assert DEFAULT_SPECS == (SHORT_RANGE, LONG_RANGE)
     assert (SHORT_RANGE.num_blocks, SHORT_RANGE.spatial_scale) == (8, 0.15)
     assert (LONG_RANGE.num_blocks, LONG_RANGE.spatial_scale) == (2, 0.7)
+
+
+def test_to_carries_the_predictor_gather_indices():
+    masks = MultiBlockMasker((2, 4, 4), specs=(BlockSpec(2, 0.3),), seed=4).sample(0, range(3))
+    p = pack_masks(masks, 32)
+    q = p.to(torch.device("cpu"))
+    for name in ("pred_src_rows", "pred_pos_rows"):
+        assert torch.equal(getattr(q, name), getattr(p, name)), name
+    # Hand-built PackedMasks may leave them out (None); _map passes None through.
+    vals = {f: getattr(p, f) for f in ("num_tokens", "batch_size", "num_masks", "ctx_rows", "ctx_cu", "ctx_max",
+                                       "tgt_rows", "tgt_cu", "tgt_max", "tgt_mask_id", "tgt_counts", "pred_cu",
+                                       "pred_max", "pred_ctx_slots", "pred_tgt_slots")}
+    bare = PackedMasks(**vals).to(torch.device("cpu"))
+    assert bare.pred_src_rows is None and bare.pred_pos_rows is None
+    assert torch.equal(bare.ctx_rows, p.ctx_rows)

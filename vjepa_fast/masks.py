@@ -5,13 +5,16 @@ Packing convention (used by the models, the ops and the loss):
 - a "row" is a flat token index b * N + n into the [B, N, D] token tensor; each sequence's rows are sorted by n;
 - `ctx_*` are the context (visible) sequences, `tgt_*` the target (predicted) ones, with int32 offsets `*_cu` [S + 1];
 - the predictor lays out each sequence as [its context rows ; its target rows]: `pred_cu = ctx_cu + tgt_cu`, and
-  `pred_ctx_slots` / `pred_tgt_slots` give each context / target row's position in that packed buffer.
+  `pred_ctx_slots` / `pred_tgt_slots` give each context / target row's position in that packed buffer;
+- `pred_src_rows` / `pred_pos_rows` describe that buffer slot by slot for one gather (ops.gather.indexed_gather_add):
+  slot r holds src[pred_src_rows[r]] + pos[pred_pos_rows[r]] with src = [context rows (Rc) ; mask tokens (M)], so
+  a context slot's source is its context row index j and a target slot's is Rc + m; its position is the token n.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +37,10 @@ class PackedMasks:
     pred_max: int
     pred_ctx_slots: torch.Tensor  # int64 [Rc]
     pred_tgt_slots: torch.Tensor  # int64 [Rt]
+    # int64 [Rc + Rt], per predictor slot (module docstring). Optional so hand-built PackedMasks stay valid;
+    # pack_masks always fills them (on the CPU, with the other fields).
+    pred_src_rows: Optional[torch.Tensor] = None
+    pred_pos_rows: Optional[torch.Tensor] = None
 
     def _map(self, fn) -> "PackedMasks":
         vals = {}
@@ -333,6 +340,16 @@ def pack_masks(masks: MaskList, num_tokens: int, truncate_to_batch_min: bool = F
     pred_ctx_slots = np.arange(ctx_cu[-1], dtype=np.int64) + np.repeat(tgt_cu[:-1], ctx_lens)
     pred_tgt_slots = np.arange(tgt_cu[-1], dtype=np.int64) + np.repeat(ctx_cu[1:], tgt_lens)
     mask_of_seq = np.arange(M * B, dtype=np.int64) // max(B, 1)
+    tgt_mask_id = np.repeat(mask_of_seq, tgt_lens)
+    # The predictor's layout gather, slot by slot: context slot -> context row j, target slot -> mask token Rc + m;
+    # every slot's position is its token n. Every slot is one of the two kinds, so both arrays are fully written.
+    Rc = int(ctx_cu[-1])
+    pred_src_rows = np.empty(int(pred_cu[-1]), dtype=np.int64)
+    pred_src_rows[pred_ctx_slots] = np.arange(Rc, dtype=np.int64)
+    pred_src_rows[pred_tgt_slots] = Rc + tgt_mask_id
+    pred_pos_rows = np.empty(int(pred_cu[-1]), dtype=np.int64)
+    pred_pos_rows[pred_ctx_slots] = ctx_rows % N
+    pred_pos_rows[pred_tgt_slots] = tgt_rows % N
 
     def lmax(lens):
         return int(lens.max()) if lens.size else 0
@@ -342,8 +359,9 @@ def pack_masks(masks: MaskList, num_tokens: int, truncate_to_batch_min: bool = F
         num_tokens=N, batch_size=B, num_masks=M,
         ctx_rows=t(ctx_rows), ctx_cu=t(ctx_cu.astype(np.int32)), ctx_max=lmax(ctx_lens),
         tgt_rows=t(tgt_rows), tgt_cu=t(tgt_cu.astype(np.int32)), tgt_max=lmax(tgt_lens),
-        tgt_mask_id=t(np.repeat(mask_of_seq, tgt_lens)),
+        tgt_mask_id=t(tgt_mask_id),
         tgt_counts=t(tgt_lens.reshape(M, B).sum(1) if B else np.zeros(M, dtype=np.int64)),
         pred_cu=t(pred_cu.astype(np.int32)), pred_max=lmax(ctx_lens + tgt_lens),
         pred_ctx_slots=t(pred_ctx_slots), pred_tgt_slots=t(pred_tgt_slots),
+        pred_src_rows=t(pred_src_rows), pred_pos_rows=t(pred_pos_rows),
     )

@@ -1,8 +1,9 @@
 """The V-JEPA predictor: a narrow ViT over [context tokens ; mask token + position per target], packed.
 
 Every (mask, sample) sequence is laid out as its context rows followed by its target rows (masks.py convention);
-all sequences sit back to back in one [Rc + Rt, Dp] buffer built with a single index_copy, so there is no
-per-sequence Python loop and no padding. Only the target rows are normalised and projected back.
+all sequences sit back to back in one [Rc + Rt, Dp] buffer built by a single gather (ops.gather.indexed_gather_add:
+slot r = [projected context ; mask tokens][pred_src_rows[r]] + pos[pred_pos_rows[r]]), so there is no per-sequence
+Python loop and no padding. Only the target rows are normalised and projected back.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn as nn
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, sincos_3d
 from vjepa_fast.models.vit import LN_EPS, VIT_SIZES, Block, init_weights, rescale_blocks
+from vjepa_fast.ops.gather import indexed_gather_add
 
 # Predictor width / depth per encoder size; heads follow the encoder (RECIPE). The giant encoder's 22 heads do not
 # divide width 384, so its predictor uses 12 heads (head dim 32) instead.
@@ -58,23 +60,40 @@ class Predictor(nn.Module):
         if masks.pred_tgt_slots.numel() != Rt or masks.tgt_mask_id.numel() != Rt:
             raise ValueError(f"predictor: tgt_rows {Rt}, pred_tgt_slots {masks.pred_tgt_slots.numel()}, tgt_mask_id "
                              f"{masks.tgt_mask_id.numel()}: they must agree")
-        for name in ("ctx_rows", "tgt_rows", "tgt_mask_id", "pred_cu", "pred_ctx_slots", "pred_tgt_slots"):
+        for name in ("pred_src_rows", "pred_pos_rows"):
             t = getattr(masks, name)
-            if t.device != ctx.device:
+            if t is not None and t.numel() != Rc + Rt:
+                raise ValueError(f"predictor: masks.{name} has {t.numel()} entries but the predictor buffer has "
+                                 f"Rc + Rt = {Rc + Rt} rows")
+        for name in ("ctx_rows", "tgt_rows", "tgt_mask_id", "pred_cu", "pred_ctx_slots", "pred_tgt_slots",
+                     "pred_src_rows", "pred_pos_rows"):
+            t = getattr(masks, name)
+            if t is not None and t.device != ctx.device:
                 raise ValueError(f"predictor: masks.{name} on {t.device} but ctx on {ctx.device}")
+
+    def _layout_rows(self, masks: PackedMasks) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pred_src_rows, pred_pos_rows) of masks.py; built here from the slots when the masks were packed by hand."""
+        if masks.pred_src_rows is not None and masks.pred_pos_rows is not None:
+            return masks.pred_src_rows, masks.pred_pos_rows
+        Rc, N = masks.ctx_rows.numel(), self.num_tokens
+        slots = torch.cat([masks.pred_ctx_slots, masks.pred_tgt_slots])
+        src = torch.cat([torch.arange(Rc, device=slots.device), Rc + masks.tgt_mask_id])
+        pos = torch.cat([masks.ctx_rows, masks.tgt_rows]) % N
+        return torch.empty_like(src).index_copy_(0, slots, src), torch.empty_like(pos).index_copy_(0, slots, pos)
 
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
         """ctx [Rc, D] (context encoder output, packed as masks.ctx_*) -> predictions [Rt, D] for masks.tgt_rows."""
         self._validate(ctx, masks)
-        N = self.num_tokens
-        pos = self.predictor_pos_embed[0]
         x = self.predictor_embed(ctx)
-        x = x + pos.index_select(0, masks.ctx_rows % N).to(x.dtype)
-        tokens = torch.cat(list(self.mask_tokens), dim=0).reshape(-1, self.pred_dim)  # [M, Dp]
-        t = tokens.index_select(0, masks.tgt_mask_id) + pos.index_select(0, masks.tgt_rows % N)
-        # One out-of-place index_copy lays out [ctx ; tgt] per sequence; gradients flow back to both sources.
-        slots = torch.cat([masks.pred_ctx_slots, masks.pred_tgt_slots])
-        buf = x.new_zeros(x.shape[0] + t.shape[0], self.pred_dim).index_copy(0, slots, torch.cat([x, t.to(x.dtype)]))
+        tokens = torch.cat(list(self.mask_tokens), dim=0).reshape(-1, self.pred_dim)  # [num_mask_tokens, Dp]
+        # src = [projected context (Rc) ; mask tokens]; one gather lays out [ctx + pos ; mask token + pos] per
+        # sequence. Its backward sums every copy of a mask token into that token's gradient (in fp32).
+        src = torch.cat([x, tokens.to(x.dtype)])
+        pos = self.predictor_pos_embed[0]
+        if pos.dtype != x.dtype and (pos.dtype != torch.float32 or x.dtype == torch.float64):
+            pos = pos.to(x.dtype)  # the op takes pos in src's dtype or fp32 (fp32 under bf16: one rounding, not two)
+        src_rows, pos_rows = self._layout_rows(masks)
+        buf = indexed_gather_add(src, src_rows, pos, pos_rows)
         for block in self.predictor_blocks:
             buf = block(buf, masks.pred_cu, masks.pred_max)
         z = buf.index_select(0, masks.pred_tgt_slots)  # norm is per token: normalise only what is returned
