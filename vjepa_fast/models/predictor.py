@@ -71,29 +71,12 @@ class Predictor(nn.Module):
             if t is not None and t.device != ctx.device:
                 raise ValueError(f"predictor: masks.{name} on {t.device} but ctx on {ctx.device}")
 
-    def _layout_rows(self, masks: PackedMasks) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pred_src_rows, pred_pos_rows) of masks.py; built here from the slots when the masks were packed by hand."""
-        if masks.pred_src_rows is not None and masks.pred_pos_rows is not None:
-            return masks.pred_src_rows, masks.pred_pos_rows
-        Rc, N = masks.ctx_rows.numel(), self.num_tokens
-        slots = torch.cat([masks.pred_ctx_slots, masks.pred_tgt_slots])
-        src = torch.cat([torch.arange(Rc, device=slots.device), Rc + masks.tgt_mask_id])
-        pos = torch.cat([masks.ctx_rows, masks.tgt_rows]) % N
-        return torch.empty_like(src).index_copy_(0, slots, src), torch.empty_like(pos).index_copy_(0, slots, pos)
-
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
         """ctx [Rc, D] (context encoder output, packed as masks.ctx_*) -> predictions [Rt, D] for masks.tgt_rows."""
         self._validate(ctx, masks)
         x = self.predictor_embed(ctx)
         tokens = torch.cat(list(self.mask_tokens), dim=0).reshape(-1, self.pred_dim)  # [num_mask_tokens, Dp]
-        # src = [projected context (Rc) ; mask tokens]; one gather lays out [ctx + pos ; mask token + pos] per
-        # sequence. Its backward sums every copy of a mask token into that token's gradient (in fp32).
-        src = torch.cat([x, tokens.to(x.dtype)])
-        pos = self.predictor_pos_embed[0]
-        if pos.dtype != x.dtype and (pos.dtype != torch.float32 or x.dtype == torch.float64):
-            pos = pos.to(x.dtype)  # the op takes pos in src's dtype or fp32 (fp32 under bf16: one rounding, not two)
-        src_rows, pos_rows = self._layout_rows(masks)
-        buf = indexed_gather_add(src, src_rows, pos, pos_rows)
+        buf = layout_buffer(x, tokens, self.predictor_pos_embed[0], masks)
         for block in self.predictor_blocks:
             buf = block(buf, masks.pred_cu, masks.pred_max)
         z = buf.index_select(0, masks.pred_tgt_slots)  # norm is per token: normalise only what is returned
@@ -106,3 +89,27 @@ def build_predictor(size: str, embed_dim: int, grid: Grid, num_mask_tokens: int 
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(PREDICTOR_DEFAULTS)}")
     cfg = {**PREDICTOR_DEFAULTS[size], **overrides}
     return Predictor(embed_dim, grid=grid, num_mask_tokens=num_mask_tokens, **cfg)
+
+
+def layout_rows(masks: PackedMasks) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred_src_rows, pred_pos_rows) of masks.py; built here from the slots when the masks were packed by hand."""
+    if masks.pred_src_rows is not None and masks.pred_pos_rows is not None:
+        return masks.pred_src_rows, masks.pred_pos_rows
+    Rc, N = masks.ctx_rows.numel(), masks.num_tokens
+    slots = torch.cat([masks.pred_ctx_slots, masks.pred_tgt_slots])
+    src = torch.cat([torch.arange(Rc, device=slots.device), Rc + masks.tgt_mask_id])
+    pos = torch.cat([masks.ctx_rows, masks.tgt_rows]) % N
+    return torch.empty_like(src).index_copy_(0, slots, src), torch.empty_like(pos).index_copy_(0, slots, pos)
+
+
+def layout_buffer(x: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
+    """The packed [ctx + pos ; mask token + pos] buffer of every sequence, in one gather.
+
+    x [Rc, W] projected context rows, tokens [M, W] mask tokens (one per mask configuration), pos [N, W] the fixed
+    position table. src = [x ; tokens]; the op's backward sums every copy of a mask token into its gradient in fp32.
+    Shared by the V-JEPA predictor and the VideoMAE decoder."""
+    src = torch.cat([x, tokens.to(x.dtype)])
+    if pos.dtype != x.dtype and (pos.dtype != torch.float32 or x.dtype == torch.float64):
+        pos = pos.to(x.dtype)  # the op takes pos in src's dtype or fp32 (fp32 under bf16: one rounding, not two)
+    src_rows, pos_rows = layout_rows(masks)
+    return indexed_gather_add(src, src_rows, pos, pos_rows)

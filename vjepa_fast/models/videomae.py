@@ -22,6 +22,7 @@ import torch.nn as nn
 from vjepa_fast.flops import videomae_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, sincos_3d
+from vjepa_fast.models.predictor import layout_buffer
 from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights
 from vjepa_fast.profiling import nvtx_range
 
@@ -140,13 +141,9 @@ class VideoMAEDecoder(nn.Module):
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
         """ctx [Rc, D] (encoder output on the visible rows) -> pixel predictions [Rt, out_dim] for masks.tgt_rows."""
         self._validate(ctx, masks)
-        N = self.num_tokens
         x = self.encoder_to_decoder(ctx)
-        x = x + self.pos_embed.index_select(0, masks.ctx_rows % N).to(x.dtype)
-        t = self.mask_token + self.pos_embed.index_select(0, masks.tgt_rows % N)  # one token for every mask row
-        # [visible ; masked] per clip in one packed buffer: one out-of-place index_copy, gradients reach both.
-        slots = torch.cat([masks.pred_ctx_slots, masks.pred_tgt_slots])
-        buf = x.new_zeros(x.shape[0] + t.shape[0], self.dim).index_copy(0, slots, torch.cat([x, t.to(x.dtype)]))
+        # [visible + pos ; mask token + pos] per clip in one packed buffer (M = 1: every masked row uses the token)
+        buf = layout_buffer(x, self.mask_token, self.pos_embed, masks)
         for block in self.blocks:
             buf = block(buf, masks.pred_cu, masks.pred_max)
         z = buf.index_select(0, masks.pred_tgt_slots)  # norm and head are per token: only the masked rows
