@@ -30,3 +30,19 @@ def subprocess_env():
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def force_backend(op: str, name: str, monkeypatch) -> str:
+    """Force `name` for `op` in one test; C++ backends need the built extension (CUDA ones a GPU, else skip)."""
+    from vjepa_fast import _ext
+
+    if name in ("cpu", "cuda"):
+        if os.environ.get("VJEPA_FAST_NO_EXT") == "1":
+            pytest.skip("VJEPA_FAST_NO_EXT=1: extension not built")
+        assert _ext.load(), f"vjepa_fast._C is not built ({_ext.load_error()}); run pip install -e . --no-build-isolation"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs CUDA")
+        assert _ext.has_cuda_kernels(), "CUDA is available but vjepa_fast._C has no CUDA kernels"
+    monkeypatch.setenv(f"VJEPA_FAST_{op.upper()}_BACKEND", name)
+    return name

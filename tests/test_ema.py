@@ -1,8 +1,8 @@
 """ema_update_: the C++ CPU kernel (and on a GPU the CUDA multi-tensor kernel) against the reference."""
-import os
 import zlib
 
 import pytest
+from conftest import force_backend
 import torch
 
 from vjepa_fast import _ext
@@ -15,17 +15,7 @@ MOMENTA = [0.0, 1.0, 0.998, 0.5]
 
 @pytest.fixture
 def backend(request, monkeypatch):
-    name = request.param
-    if name in ("cpu", "cuda"):
-        if os.environ.get("VJEPA_FAST_NO_EXT") == "1":
-            pytest.skip("VJEPA_FAST_NO_EXT=1: extension not built")
-        assert _ext.load(), f"vjepa_fast._C is not built ({_ext.load_error()}); run pip install -e . --no-build-isolation"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs CUDA")
-        assert _ext.has_cuda_kernels(), "CUDA is available but vjepa_fast._C has no CUDA kernels"
-    monkeypatch.setenv("VJEPA_FAST_EMA_BACKEND", name)
-    return name
+    return force_backend("ema", request.param, monkeypatch)
 
 
 def _lists(source_dtypes, device="cpu", gen=None, sizes=SIZES):

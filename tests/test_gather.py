@@ -1,8 +1,8 @@
 """masked_gather: the C++ CPU kernel (and on a GPU the CUDA kernel) against the reference, forward and gradient."""
-import os
 import zlib
 
 import pytest
+from conftest import force_backend
 import torch
 
 from vjepa_fast import _ext
@@ -16,17 +16,7 @@ SHAPES = [(1, 7, 1), (2, 13, 7), (3, 11, 64), (2, 17, 96), (1, 5, 1000)]
 @pytest.fixture
 def backend(request, monkeypatch):
     """Force the gather backend named by the test's parameter (the extension must be built unless opted out)."""
-    name = request.param
-    if name in ("cpu", "cuda"):
-        if os.environ.get("VJEPA_FAST_NO_EXT") == "1":
-            pytest.skip("VJEPA_FAST_NO_EXT=1: extension not built")
-        assert _ext.load(), f"vjepa_fast._C is not built ({_ext.load_error()}); run pip install -e . --no-build-isolation"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs CUDA")
-        assert _ext.has_cuda_kernels(), "CUDA is available but vjepa_fast._C has no CUDA kernels"
-    monkeypatch.setenv("VJEPA_FAST_GATHER_BACKEND", name)
-    return name
+    return force_backend("gather", request.param, monkeypatch)
 
 
 def _seed(*key):
