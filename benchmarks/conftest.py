@@ -86,5 +86,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     else:
         machine_info["card"] = "cpu"
     machine_info.update(_versions())
+    # Which block sizes the Triton attention ran with: a freshly tuned table, the packaged one, or the defaults.
+    tuned = os.environ.get("VJEPA_FAST_FLASH_TUNING")
+    packaged = ROOT / "vjepa_fast" / "ops" / "flash_varlen_tuned.json"
+    machine_info["attention_block_sizes"] = (f"tuned here ({Path(tuned).name})" if tuned
+                                             else "packaged table" if packaged.exists() else "built-in defaults")
     if _MEASURED:
         machine_info["roofline"] = dict(_MEASURED)

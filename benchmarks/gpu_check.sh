@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: build, run the GPU tests and every benchmark on one GPU machine, write a markdown summary.
+# The GPU check: build, tune, test and benchmark on one GPU machine in one go, and write a markdown summary.
 #
 #     bash benchmarks/gpu_check.sh            # results in $OUT (default ./gpu_check_out)
 #
@@ -7,29 +7,39 @@
 # already be installed (PyAV may be missing: the tests and benchmarks that need it skip). Nothing is downloaded and
 # no GPU setting (clocks, persistence, MIG, power) is touched; nvidia-smi is only queried.
 #
-# Phases, each under its own timeout and all under one overall budget (GPU_CHECK_BUDGET seconds, default 500, about
-# 8 minutes), so one hang cannot eat the rest: install (the C++/CUDA extension, offline) -> nvidia-smi -> rooflines ->
-# GPU tests (pytest -m gpu) -> benchmarks, one pytest run per file (a killed run loses only its own rows) -> merge
-# into $OUT/bench.json and render $OUT/summary.md. Every phase's log is in $OUT/logs/.
+# Phases in priority order, each under its own timeout and all under one overall budget (GPU_CHECK_BUDGET seconds,
+# default 500), so one hang cannot eat the rest and what matters most runs first:
+#   install (the C++/CUDA extension, offline; in the background while the Triton-only phases run)
+#   -> nvidia-smi -> rooflines -> tune the attention block sizes (benchmarks/tune_attention.py; every later phase
+#   runs with that table) -> attention benchmark -> GPU tests -> compiled attention tests -> train-step benchmark
+#   -> a short real training run (torchrun, the default config) -> the other kernel benchmarks
+#   -> merge into bench.json and render summary.md.
+# $OUT ends up with a handful of files (summary.md, phases.txt, bench.json, flash_varlen_tuned.json, roofline.json,
+# gpu_tests.xml, details.tar.gz with every log and raw benchmark file), small enough to copy back from a lent machine.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-$ROOT/gpu_check_out}
-LOGS=$OUT/logs
-mkdir -p "$LOGS"
+mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")  # logs and raw files; packed into $OUT at the end
+LOGS=$WORK/logs
+RAW=$WORK/raw
+mkdir -p "$LOGS" "$RAW"
 
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
-  if command -v python >/dev/null 2>&1; then PY=python; else PY=python3; fi
+  for c in python3 python; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c "import torch" >/dev/null 2>&1; then PY=$c; break; fi
+  done
 fi
+PY=${PY:-python3}
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-500}
-RESERVE=20  # seconds kept for merging and rendering at the end
+RESERVE=25  # seconds kept for merging, rendering and packing at the end
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # importable even if the install phase fails
 export PYTHONUNBUFFERED=1
-export MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # offline: never reach for an index
 if [ -z "${CUDA_HOME:-}" ]; then
@@ -42,7 +52,7 @@ STATUS=$OUT/phases.txt
 : > "$STATUS"
 
 # run_phase NAME MAX_SECONDS CMD...: run CMD with a timeout of min(MAX_SECONDS, what the budget has left), log to
-# $LOGS/NAME.log, record "NAME rc seconds" in $STATUS; on failure print the log's tail.
+# $LOGS/NAME.log, record "NAME verdict (seconds)" in $STATUS; on failure print the log's tail.
 run_phase() {
   local name=$1 max=$2; shift 2
   local now left limit t0 rc
@@ -55,19 +65,19 @@ run_phase() {
   fi
   echo "== $name (limit ${limit}s)"
   t0=$(date +%s)
-  timeout --signal=TERM --kill-after=15 "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
   rc=$?
   local dt=$(( $(date +%s) - t0 ))
   local verdict=ok
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMEOUT"
-  elif [ "$rc" -eq 5 ] && [[ "$name" == bench_* || "$name" == gpu_tests ]]; then verdict="no tests selected"
+  elif [ "$rc" -eq 5 ] && [[ "$name" == bench_* || "$name" == *tests ]]; then verdict="no tests selected"
   elif [ "$rc" -ne 0 ]; then verdict="FAILED rc=$rc"; fi
   echo "== $name: $verdict (${dt}s)" | tee -a "$STATUS"
   if [[ "$verdict" == TIMEOUT || "$verdict" == FAILED* ]]; then tail -n 25 "$LOGS/$name.log"; fi
   return 0
 }
 
-# ---- install: the extension, offline, against the torch already present ----------------------------------------
+# ---- install: the extension, offline, against the torch already present; in the background -------------------
 ext_status() {
   "$PY" - > "$LOGS/extension.log" 2>&1 <<'EOF'
 import torch
@@ -78,45 +88,68 @@ print("extension loaded:", ok, "| CUDA kernels:", ok and _ext.has_cuda_kernels()
 raise SystemExit(0 if ok else 1)
 EOF
 }
-run_phase install 240 "$PY" -m pip install -e . --no-build-isolation --no-deps
-if ! ext_status; then  # e.g. a setuptools too old for editable installs: build the extension in place instead
-  run_phase build_inplace 240 "$PY" setup.py build_ext --inplace
-  ext_status
-fi
-cat "$LOGS/extension.log"
+install_ext() {
+  MAX_JOBS=${MAX_JOBS:-12} run_phase install 240 "$PY" -m pip install -e . --no-build-isolation --no-deps
+  if ! ext_status; then  # e.g. a setuptools too old for editable installs: build the extension in place instead
+    MAX_JOBS=${MAX_JOBS:-12} run_phase build_inplace 240 "$PY" setup.py build_ext --inplace
+    ext_status
+  fi
+}
+install_ext > "$LOGS/install_driver.log" 2>&1 &
+INSTALL_PID=$!
 
 # ---- the machine -------------------------------------------------------------------------------------------------
 nvidia-smi > "$LOGS/nvidia-smi.log" 2>&1 || echo "nvidia-smi failed" >> "$LOGS/nvidia-smi.log"
 head -n 20 "$LOGS/nvidia-smi.log"
+"$PY" -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)" \
+  2>&1 | tee "$LOGS/versions.log"
 
 run_phase roofline 60 "$PY" benchmarks/roofline.py --json "$OUT/roofline.json"
 if [ -f "$OUT/roofline.json" ]; then
-  cat "$OUT/roofline.json"
+  cat "$OUT/roofline.json"; echo
   export VJEPA_FAST_ROOFLINE_JSON=$OUT/roofline.json  # the benchmark runs reuse it instead of measuring again
 fi
 
-# ---- GPU tests ---------------------------------------------------------------------------------------------------
-run_phase gpu_tests 120 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
-  --junitxml="$OUT/gpu_tests.xml"
-grep -E "passed|failed|error|no tests ran" "$LOGS/gpu_tests.log" | tail -n 3
+# ---- attention: tune the block sizes on this card, then benchmark with them ----------------------------------------
+run_phase tune_attention 170 "$PY" benchmarks/tune_attention.py --out "$OUT/flash_varlen_tuned.json" --budget 130
+grep -E "best|no candidate|skipped|trials" "$LOGS/tune_attention.log"
+if [ -s "$OUT/flash_varlen_tuned.json" ]; then
+  export VJEPA_FAST_FLASH_TUNING=$OUT/flash_varlen_tuned.json
+fi
 
-# ---- benchmarks: one pytest run per file, the headline train step first, its compiled row last --------------------
 bench() {  # bench NAME MAX_SECONDS PYTEST_ARGS...
   local name=$1 max=$2; shift 2
   run_phase "bench_$name" "$max" "$PY" -m pytest "$@" --benchmark-only -q -p no:cacheprovider \
-    --benchmark-json="$OUT/bench_$name.json"
+    --benchmark-json="$RAW/bench_$name.json"
 }
-bench train_step 150 benchmarks/test_bench_train_step.py -k "not compiled"
-for f in benchmarks/test_bench_*.py; do
-  name=$(basename "$f" .py); name=${name#test_bench_}
-  [ "$name" = train_step ] && continue
-  bench "$name" 90 "$f"
-done
-bench train_step_compiled 150 benchmarks/test_bench_train_step.py -k compiled
+bench attention 120 benchmarks/test_bench_attention.py
 
-# ---- merge and render --------------------------------------------------------------------------------------------
+# ---- correctness on the GPU (needs the extension) ----------------------------------------------------------------
+wait "$INSTALL_PID"
+cat "$LOGS/install_driver.log"
+cat "$LOGS/extension.log"
+run_phase gpu_tests 110 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
+  --junitxml="$OUT/gpu_tests.xml"
+grep -E "passed|failed|error|no tests ran" "$LOGS/gpu_tests.log" | tail -n 3
+# The interpreter's CPU tests of the Triton kernels, here on compiled kernels (ragged batches, fp32/fp16, compile).
+run_phase attention_tests 70 "$PY" -m pytest tests/test_attention.py tests/test_l1_loss.py -m "not gpu" -q \
+  -p no:cacheprovider
+grep -E "passed|failed|error|no tests ran" "$LOGS/attention_tests.log" | tail -n 3
+
+# ---- the step, a real run, the other kernels ---------------------------------------------------------------------
+bench train_step 120 benchmarks/test_bench_train_step.py -k "not compiled"
+run_phase train_run 90 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 vjepa_fast/train.py \
+  run_dir="$WORK/run" train.steps=40 train.log_every=10 train.progress=false
+grep -E "step|loss|done|Error" "$LOGS/train_run.log" | tail -n 6
+for name in ema gather l1_loss; do
+  bench "$name" 50 "benchmarks/test_bench_$name.py"
+done
+bench train_step_compiled 120 benchmarks/test_bench_train_step.py -k compiled
+bench data 40 benchmarks/test_bench_data.py
+
+# ---- merge, render, pack -----------------------------------------------------------------------------------------
 shopt -s nullglob
-jsons=("$OUT"/bench_*.json)
+jsons=("$RAW"/bench_*.json)
 if [ ${#jsons[@]} -gt 0 ]; then
   "$PY" benchmarks/render_summary.py "${jsons[@]}" --merged-json "$OUT/bench.json" --out "$OUT/summary.md" \
     > "$LOGS/render.log" 2>&1 || echo "render failed: see $LOGS/render.log"
@@ -129,7 +162,19 @@ fi
   echo
   sed 's/^== /- /' "$STATUS"
   echo
-  echo "Extension: $(tail -n 1 "$LOGS/extension.log")"
+  echo "Versions: $(cat "$LOGS/versions.log")"
+  echo
+  echo "Extension: $(tail -n 1 "$LOGS/extension.log" 2>/dev/null)"
+  if [ -f "$LOGS/tune_attention.log" ]; then
+    echo
+    echo "## Attention block-size tuning (benchmarks/tune_attention.py)"
+    echo
+    echo '```'
+    grep -E "best|no candidate|skipped|trials" "$LOGS/tune_attention.log"
+    echo '```'
+  fi
 } >> "$OUT/summary.md"
+cp -r "$WORK/run/metrics.jsonl" "$RAW/train_run_metrics.jsonl" 2>/dev/null
+tar czf "$OUT/details.tar.gz" -C "$WORK" logs raw 2>/dev/null || echo "packing the logs failed"
 echo "== total $(( $(date +%s) - START ))s; summary in $OUT/summary.md"
 cat "$OUT/summary.md"

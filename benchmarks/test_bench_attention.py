@@ -5,7 +5,7 @@ GPU shapes (bf16, 16 heads), as in a ViT-L/16 step on one card with 24 clips of 
   [392, 784] (short-range masks) and half in [112, 448] (long-range), head dim 64;
 - `predictor`: the predictor's sequences, context + targets = 1568 tokens each (48 of them), head dim 24;
 - `dense`: the target encoder, 24 clips x 1568 tokens, head dim 64 (uniform: SDPA is the default there).
-Variants: `triton` (ours), `torch_varlen` (torch.nn.attention.varlen), `sdpa_padded` (our padded fallback op),
+Variants: `triton` (ours; `triton_deterministic` is its bitwise-repeatable backward), `torch_varlen` (torch.nn.attention.varlen), `sdpa_padded` (our padded fallback op),
 `flash_attn` / `xformers` when installed, and on the uniform shapes plain batched SDPA with the flash and cuDNN
 kernels (`sdpa_flash`, `sdpa_cudnn`, via torch.nn.attention.sdpa_kernel).
 On CPU: a tiny ragged batch and the backends that run there (sdpa_padded, reference); the Triton interpreter would
@@ -46,7 +46,7 @@ if CUDA:
         "predictor": ([1568] * 48, 24, True),
         "dense": ([1568] * 24, 64, True),
     }
-    VARLEN = ["triton", "torch_varlen", "flash_attn", "xformers", "sdpa_padded"]
+    VARLEN = ["triton", "triton_deterministic", "torch_varlen", "flash_attn", "xformers", "sdpa_padded"]
     DENSE_ONLY = ["sdpa_flash", "sdpa_cudnn"]
     ROUNDS, WARMUP = 20, 3
 else:
@@ -98,11 +98,13 @@ def _variant(name: str, qkv: torch.Tensor):
     """A callable (qkv, cu, max_len) -> out, or a pytest.skip with the reason the backend cannot run here."""
     if name.startswith("sdpa_") and name != "sdpa_padded":
         return _sdpa_dense(name.removeprefix("sdpa_"))
+    deterministic = name.endswith("_deterministic")
+    name = name.removesuffix("_deterministic")
     reason = A._VARLEN[name][0](qkv)
     if reason is not None:
         pytest.skip(f"{name}: {reason}")
     runner = A._VARLEN[name][1]
-    return lambda x, cu, m: runner(x, cu, m, False)
+    return lambda x, cu, m: runner(x, cu, m, deterministic)
 
 
 def _timed(benchmark, fn):

@@ -342,3 +342,51 @@ def test_gpu_opcheck_triton_op():
     qkv, cu, max_len, _ = _batch([37, 0, 130], 4, 64, torch.bfloat16, seed=14)
     torch.library.opcheck(torch.ops.vjepa_fast.flash_varlen_attention.default,
                           (qkv.requires_grad_(True), cu, max_len, 0.125, False))
+
+
+def test_tuned_block_size_table(tmp_path, monkeypatch):
+    """A measured table (VJEPA_FAST_FLASH_TUNING or the packaged file) wins over the built-in defaults for its
+    architecture and head-dim class only; bad files and bad entries warn and fall back, never crash a run."""
+    import json
+
+    tfv = _kernels()
+    tuned = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"sm_90": {"fwd": {"64": tuned, "32": {"BLOCK_M": 48, "BLOCK_N": 32}}},
+                                "_meta": {"device": "x"}}))
+    monkeypatch.setenv(tfv.TUNING_ENV, str(path))
+    tfv._tuned_tables.cache_clear()
+    assert tfv._tuned_config("fwd", 64, "sm_90") == tuned
+    assert tfv._cached_config("fwd", 64, torch.bfloat16, "sm_90", False, str(path)) == tuned
+    assert tfv._tuned_config("fwd", 64, "sm_80") is None  # another architecture: defaults
+    assert tfv._tuned_config("dq", 64, "sm_90") is None  # another kernel
+    # fp32 is a correctness path: always the built-in entry
+    assert tfv._cached_config("fwd", 64, torch.float32, "sm_90", False, str(path)) == \
+        tfv._gpu_config("fwd", 64, torch.float32)
+    with pytest.warns(RuntimeWarning, match="invalid entry"):  # 48 is not a power of two
+        assert tfv._tuned_config("fwd", 32, "sm_90") is None
+
+    path.write_text("{not json")
+    tfv._tuned_tables.cache_clear()
+    with pytest.warns(RuntimeWarning, match="ignoring block-size table"):
+        assert tfv._tuned_config("fwd", 64, "sm_90") is None
+    monkeypatch.setenv(tfv.TUNING_ENV, str(tmp_path / "missing.json"))
+    with pytest.warns(RuntimeWarning, match="ignoring block-size table"):
+        assert tfv._tuned_config("fwd", 64, "sm_90") is None
+    tfv._tuned_tables.cache_clear()
+    tfv._cached_config.cache_clear()
+
+
+def test_packaged_tuned_table_is_valid():
+    """Every entry of the shipped table is one the kernels accept (a typo there would silently fall back)."""
+    import json
+
+    tfv = _kernels()
+    if not tfv._TUNED_FILE.exists():
+        pytest.skip("no packaged table yet")
+    data = json.loads(tfv._TUNED_FILE.read_text())
+    entries = [(k, cfg) for arch, per in data.items() if not arch.startswith("_")
+               for k, per_bd in per.items() for cfg in per_bd.values()]
+    assert entries
+    for kernel, cfg in entries:
+        assert kernel in ("fwd", "dkdv", "dq", "delta") and tfv._valid_entry(kernel, cfg), (kernel, cfg)

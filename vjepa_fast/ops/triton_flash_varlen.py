@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import warnings
+from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
@@ -32,6 +36,39 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
+               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+               MASK_N: tl.constexpr):
+    """One key block of the online softmax. MASK_N=False is the hot path (a block wholly inside the sequence):
+    no key mask, and no head-dim mask when the head dim is a power of two, so loads are plain 16-byte vectors."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_off = (start + offs_n)[:, None] * s_qt + offs_d[None, :] * s_qd
+    if MASK_N:
+        n_ok = offs_n < L
+        kv_mask = n_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+        k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
+    elif HEAD_DIM == BLOCK_D:
+        k = tl.load(k_base + kv_off)
+        v = tl.load(v_base + kv_off)
+    else:
+        d_mask = (offs_d < HEAD_DIM)[None, :]
+        k = tl.load(k_base + kv_off, mask=d_mask, other=0.0)
+        v = tl.load(v_base + kv_off, mask=d_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    if MASK_N:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    # qk_scale > 0, so max(s) * scale is the max of the scaled scores; s * scale - m is one FMA per score.
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s * qk_scale - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -54,6 +91,7 @@ def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
     start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
     end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
     L = end - start
+    n_full = (L // BLOCK_N) * BLOCK_N  # keys in whole blocks: the unmasked loop below
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM  # head dims like 24 or 80 are padded to a power of two with masks
     q_base = QKV + h * s_qh
@@ -69,23 +107,13 @@ def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for n0 in range(0, L, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < L
-            krows = start + offs_n
-            kv_off = krows[:, None] * s_qt + offs_d[None, :] * s_qd
-            kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-            s = tl.where(n_ok[None, :], s, float("-inf"))
-            # The first key block always holds key 0, so m_new is finite from the first iteration on.
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-            m_i = m_new
+        # The first key block always holds key 0, so m is finite after it (whole or tail).
+        for n0 in range(0, n_full, BLOCK_N):
+            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
+                                       BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, False)
+        if n_full < L:
+            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n_full, L, s_qt, s_qd, qk_scale,
+                                       BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, True)
         o = acc / l_i[:, None]
         tl.store(O + rows[:, None] * s_ot + h * s_oh + offs_d[None, :] * s_od, o.to(O.dtype.element_ty),
                  mask=m_ok[:, None] & d_ok[None, :])
@@ -225,13 +253,55 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Block sizes per shape class: (kernel, padded head dim, dtype, interpreted). Only the padded head dim and the dtype
-# change the best tiles, so a small table, looked up once per class (lru_cache), replaces autotuning.
+# Block sizes per shape class: (kernel, padded head dim, dtype, GPU architecture, interpreted), looked up once per
+# class (lru_cache) instead of autotuning, which keeps compile time and torch.compile traces predictable.
 #
-# GPU entries (fp16/bf16, sm_90): every one compiles without register spills (ptxas -v, checked offline for head
-# dims 24, 64 and 80/128 at ViT strides); all use 8 warps (two warpgroups for wgmma). The forward and dQ kernels hold
+# Measured first: `flash_varlen_tuned.json` (beside this file) holds the winners of benchmarks/tune_attention.py per
+# compute capability ("sm_90"), kernel and padded head dim, for 16-bit inputs; VJEPA_FAST_FLASH_TUNING=<json> points
+# at another such file (one just tuned on this card). Anything not in the table falls back to `_gpu_config`.
+#
+# Fallback entries (fp16/bf16): every one compiles for sm_90 without register spills at ViT strides
+# (benchmarks/aot_compile_attention.py); all use 8 warps (two warpgroups for wgmma). The forward and dQ kernels hold
 # 128 query rows and stream keys; the dK/dV kernel holds 128 keys (64 at head dim 128) and streams 32 query rows.
-# They are starting points, not measured optima (tuning needs a GPU run of the benchmark).
+
+TUNING_ENV = "VJEPA_FAST_FLASH_TUNING"
+_TUNED_FILE = Path(__file__).with_name("flash_varlen_tuned.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_tables(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (OSError, ValueError) as e:
+        warnings.warn(f"triton_flash_varlen: ignoring block-size table {path} ({e}); using the built-in defaults",
+                      RuntimeWarning, stacklevel=3)
+        return {}
+
+
+def _valid_entry(kernel: str, cfg) -> bool:
+    if not isinstance(cfg, dict):
+        return False
+    keys = ("BLOCK_M",) if kernel == "delta" else ("BLOCK_M", "BLOCK_N")
+    pow2 = all(isinstance(cfg.get(k), int) and cfg[k] >= 16 and cfg[k] & (cfg[k] - 1) == 0 for k in keys)
+    return (pow2 and cfg.get("num_warps", 4) in (1, 2, 4, 8, 16) and isinstance(cfg.get("num_stages", 2), int)
+            and 1 <= cfg.get("num_stages", 2) <= 8 and set(cfg) <= {*keys, "num_warps", "num_stages"})
+
+
+def _tuned_config(kernel: str, block_d: int, arch: str) -> Optional[dict]:
+    path = os.environ.get(TUNING_ENV) or str(_TUNED_FILE)
+    if not os.environ.get(TUNING_ENV) and not _TUNED_FILE.exists():
+        return None
+    cfg = _tuned_tables(path).get(arch, {}).get(kernel, {}).get(str(block_d))
+    if cfg is None:
+        return None
+    if not _valid_entry(kernel, cfg):
+        warnings.warn(f"triton_flash_varlen: invalid entry {arch}/{kernel}/{block_d} in {path}: {cfg!r}; "
+                      "using the built-in default", RuntimeWarning, stacklevel=3)
+        return None
+    return dict(cfg)
 
 
 def _gpu_config(kernel: str, block_d: int, dtype: torch.dtype) -> dict:
@@ -260,8 +330,23 @@ _override: dict[str, dict] = {}
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_config(kernel: str, block_d: int, dtype: torch.dtype, interpreted: bool) -> dict:
-    return dict(_INTERPRET_CONFIG[kernel]) if interpreted else _gpu_config(kernel, block_d, dtype)
+def _cached_config(kernel: str, block_d: int, dtype: torch.dtype, arch: str, interpreted: bool,
+                   tuning: Optional[str]) -> dict:
+    # `tuning` (the env variable's value) is part of the key so that pointing it elsewhere takes effect.
+    if interpreted:
+        return dict(_INTERPRET_CONFIG[kernel])
+    if dtype != torch.float32:
+        tuned = _tuned_config(kernel, block_d, arch)
+        if tuned is not None:
+            return tuned
+    return _gpu_config(kernel, block_d, dtype)
+
+
+def _arch(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
 
 
 def _grid(cfg: dict, block_key: str, max_seqlen: int, sh: int) -> tuple[int, int]:
@@ -271,11 +356,11 @@ def _grid(cfg: dict, block_key: str, max_seqlen: int, sh: int) -> tuple[int, int
     return (min(n, cap) if cap else n, sh)
 
 
-def _config(kernel: str, block_d: int, dtype: torch.dtype) -> dict:
+def _config(kernel: str, block_d: int, dtype: torch.dtype, device: torch.device) -> dict:
     """A fresh copy (callers pop launch-only keys from it)."""
     if kernel in _override:
         return dict(_override[kernel])
-    return dict(_cached_config(kernel, block_d, dtype, interpreted()))
+    return dict(_cached_config(kernel, block_d, dtype, _arch(device), interpreted(), os.environ.get(TUNING_ENV)))
 
 
 @contextlib.contextmanager
@@ -361,7 +446,7 @@ def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
     if T == 0 or S == 0 or H == 0:
         return out, lse
     bd = _block_d(Dh)
-    cfg = _config("fwd", bd, qkv.dtype)
+    cfg = _config("fwd", bd, qkv.dtype, qkv.device)
     grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
     a = _align(*qkv.stride()[:3], *out.stride()[:2])
     _launch(_fwd_kernel, grid, qkv, out, lse, cu_seqlens, T, H, softmax_scale * LOG2E,
@@ -388,7 +473,7 @@ def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: tor
     g_strides = (dqkv.stride(0) // a, dqkv.stride(1) // a, dqkv.stride(2) // a, dqkv.stride(3))
 
     delta = _alloc((H, T), torch.float32, qkv.device)
-    cfg = _config("delta", bd, qkv.dtype)
+    cfg = _config("delta", bd, qkv.dtype, qkv.device)
     _launch(_bwd_delta_kernel, (triton.cdiv(T, cfg["BLOCK_M"]), H), out, dout, delta, T,
             *out.stride(), *dout.stride(), HEAD_DIM=Dh, BLOCK_D=bd, **cfg)
 
@@ -397,13 +482,13 @@ def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: tor
     # of another argument (under torch.compile, aliased kernel arguments are cloned separately when functionalised).
     shape = (1,) if deterministic else (T, H, Dh)
     dq_acc = torch.zeros(shape, dtype=torch.float32, device=qkv.device)
-    cfg = _config("dkdv", bd, qkv.dtype)
+    cfg = _config("dkdv", bd, qkv.dtype, qkv.device)
     grid = _grid(cfg, "BLOCK_N", max_seqlen, S * H)
     _launch(_bwd_dkdv_kernel, grid, qkv, dout, lse, delta, dqkv, dq_acc, cu_seqlens, T, H,
             softmax_scale, qk_scale, *q_strides, *do_strides, *g_strides,
             HEAD_DIM=Dh, BLOCK_D=bd, ATOMIC_DQ=not deterministic, DOT_PREC=prec, ALIGN=a, **cfg)
     if deterministic:
-        cfg = _config("dq", bd, qkv.dtype)
+        cfg = _config("dq", bd, qkv.dtype, qkv.device)
         grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
         _launch(_bwd_dq_kernel, grid, qkv, dout, lse, delta, dqkv, cu_seqlens, T, H,
                 softmax_scale, qk_scale, *q_strides, *do_strides, *g_strides,
