@@ -7,6 +7,10 @@ shared memory than the card has is dropped before any GPU time is spent on it.
     python benchmarks/aot_compile_attention.py                  # the shipped table + the tuning candidates, sm_90
     python benchmarks/aot_compile_attention.py --only-table     # just the shipped table
     python benchmarks/aot_compile_attention.py --json out.json
+    python benchmarks/aot_compile_attention.py --only-table --fp64-scalars --with-l1   # what tests/ runs
+
+`--fp64-scalars` types the float arguments as fp64, as Inductor passes Python floats to user Triton kernels under
+torch.compile; `--with-l1` also compiles the fused L1 loss kernel.
 
 Output: one row per (kernel, head-dim class, config): registers per thread, spill stores/loads and shared memory.
 Exit status 1 when a shipped-table entry fails to compile or spills.
@@ -52,7 +56,8 @@ def _stride_values(head_dim: int, heads: int) -> dict:
     return vals, a
 
 
-def _signature(fn, dtype: str, head_dim: int, heads: int, delta: bool) -> tuple[dict, dict, dict, int]:
+def _signature(fn, dtype: str, head_dim: int, heads: int, delta: bool,
+               float_type: str = "fp32") -> tuple[dict, dict, dict, int]:
     """Argument types as Triton's launcher would specialise them: 32-bit ints, an int equal to 1 becomes a constant,
     pointers and ints divisible by 16 carry that attribute. The delta kernel sees unscaled strides."""
     vals, align = _stride_values(head_dim, heads)
@@ -66,7 +71,7 @@ def _signature(fn, dtype: str, head_dim: int, heads: int, delta: bool) -> tuple[
             sig[name] = "*i32" if name == "CU" else ("*fp32" if name in fp32_ptrs else f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in ("qk_scale", "sm_scale"):
-            sig[name] = "fp32"
+            sig[name] = float_type  # Triton passes Python floats as fp32; Inductor may pass them as fp64
         elif name in vals:
             if vals[name] == 1:
                 sig[name], const[name] = "constexpr", 1
@@ -94,14 +99,14 @@ def _ptxas(ptx: str, arch: str) -> dict:
 
 
 def compile_one(kernel: str, head_dim: int, cfg: dict, dtype: str = "bf16", cc: int = 90,
-                atomic_dq: bool = True) -> dict:
+                atomic_dq: bool = True, float_type: str = "fp32") -> dict:
     fn = {"fwd": tfv._fwd_kernel, "dkdv": tfv._bwd_dkdv_kernel, "dq": tfv._bwd_dq_kernel,
           "delta": tfv._bwd_delta_kernel}[kernel]
     fn = getattr(fn, "fn", fn) if not hasattr(fn, "arg_names") else fn
     cfg = dict(cfg)
     opts = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 3)}
     cfg.pop("MAX_PROGRAMS", None)
-    sig, attrs, const, align = _signature(fn, dtype, head_dim, 16, kernel == "delta")
+    sig, attrs, const, align = _signature(fn, dtype, head_dim, 16, kernel == "delta", float_type)
     const.update(HEAD_DIM=head_dim, BLOCK_D=tfv._block_d(head_dim), **cfg)
     if kernel != "delta":
         const.update(DOT_PREC=None, ALIGN=align)
@@ -122,6 +127,28 @@ def compile_one(kernel: str, head_dim: int, cfg: dict, dtype: str = "bf16", cc: 
     return row
 
 
+def compile_l1(cc: int = 90) -> dict:
+    """The fused L1 loss kernel at the ViT-L width (its only float, eps, is a compile-time constant)."""
+    from vjepa_fast.ops import l1_loss as L
+
+    L._build()
+    sig = {"z_ptr": "*bf16", "h_ptr": "*bf16", "rows_ptr": "*i64", "w_ptr": "*fp32", "sgn_ptr": "*bf16",
+           "partial_ptr": "*fp32", "R": "i32", "M": "i32", "D": "i32", "stride_z": "i32", "stride_h": "i32",
+           "stride_sgn": "i32", "EPS": "constexpr", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"}
+    const = {"EPS": L.LN_EPS, "BLOCK_R": 4, "BLOCK_D": 1024}
+    row = {"kernel": "l1_loss", "head_dim": 1024, "config": {"BLOCK_R": 4, "num_warps": 8}}
+    try:
+        k = triton.compile(ASTSource(L._KERNEL, sig, const), target=GPUTarget("cuda", cc, 32),
+                           options={"num_warps": 8})
+    except Exception as e:
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return row
+    row["shared"] = k.metadata.shared
+    row.update(_ptxas(k.asm["ptx"], f"sm_{cc}a"))
+    row["ok"] = bool(row["ptxas_ok"] and row["spill_stores"] == 0)
+    return row
+
+
 def shipped_configs() -> list[tuple[str, int, dict]]:
     out = []
     for kernel in ("fwd", "dkdv", "dq", "delta"):
@@ -135,7 +162,10 @@ def main() -> int:
     ap.add_argument("--cc", type=int, default=90, help="compute capability, e.g. 90 (H100/H200) or 80 (A100)")
     ap.add_argument("--only-table", action="store_true", help="compile only the shipped block-size table")
     ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--fp64-scalars", action="store_true", help="float arguments typed fp64, as under Inductor")
+    ap.add_argument("--with-l1", action="store_true", help="also compile the fused L1 loss kernel")
     args = ap.parse_args()
+    ftype = "fp64" if args.fp64_scalars else "fp32"
     if tfv.interpreted():
         print("unset TRITON_INTERPRET: the interpreter builds no GPU code", file=sys.stderr)
         return 2
@@ -146,7 +176,7 @@ def main() -> int:
         todo += [(k, hd, c, True) for k, per_hd in CANDIDATES.items() for hd, cfgs in per_hd.items() for c in cfgs]
     print(f"triton {triton.__version__}, sm_{args.cc}: {len(todo)} compiles", flush=True)
     for i, (kernel, hd, cfg, atomic) in enumerate(todo):
-        row = compile_one(kernel, hd, cfg, cc=args.cc, atomic_dq=atomic)
+        row = compile_one(kernel, hd, cfg, cc=args.cc, atomic_dq=atomic, float_type=ftype)
         row["shipped"] = i < len(shipped_configs()) + 1
         rows.append(row)
         status = row.get("error") or (f"regs {row['registers']:3d} spill {row['spill_stores']}/{row['spill_loads']} "
@@ -155,6 +185,11 @@ def main() -> int:
               f"{status}", flush=True)
         if row["shipped"] and not row.get("ok"):
             bad += 1
+    if args.with_l1:
+        row = compile_l1(args.cc)
+        rows.append(row)
+        print(f"l1_loss: {row.get('error') or ('ok' if row['ok'] else 'spills')}", flush=True)
+        bad += 0 if row.get("ok") else 1
     if args.json:
         Path(args.json).write_text(json.dumps({"triton": triton.__version__, "cc": args.cc, "rows": rows}, indent=1))
     return 1 if bad else 0

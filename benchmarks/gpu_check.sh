@@ -14,6 +14,8 @@
 #   runs with that table) -> attention benchmark -> GPU tests -> compiled attention tests -> train-step benchmark
 #   -> a short real training run (torchrun, the default config) -> the other kernel benchmarks
 #   -> merge into bench.json and render summary.md.
+# GPU_CHECK_PHASES="gpu_tests bench_attention ..." runs only the named phases (install always runs when a later phase
+# needs the extension); GPU_CHECK_BENCH_K adds a pytest -k filter to the attention benchmark.
 # $OUT ends up with a handful of files (summary.md, phases.txt, bench.json, flash_varlen_tuned.json, roofline.json,
 # gpu_tests.xml, details.tar.gz with every log and raw benchmark file), small enough to copy back from a lent machine.
 set -uo pipefail
@@ -56,6 +58,10 @@ STATUS=$OUT/phases.txt
 run_phase() {
   local name=$1 max=$2; shift 2
   local now left limit t0 rc
+  if [ -n "${GPU_CHECK_PHASES:-}" ] && [ "$name" != install ] && [ "$name" != build_inplace ] \
+     && [[ " $GPU_CHECK_PHASES " != *" $name "* ]]; then
+    return 0
+  fi
   now=$(date +%s)
   left=$((START + BUDGET - RESERVE - now))
   limit=$(( max < left ? max : left ))
@@ -122,7 +128,7 @@ bench() {  # bench NAME MAX_SECONDS PYTEST_ARGS...
   run_phase "bench_$name" "$max" "$PY" -m pytest "$@" --benchmark-only -q -p no:cacheprovider \
     --benchmark-json="$RAW/bench_$name.json"
 }
-bench attention 120 benchmarks/test_bench_attention.py
+bench attention 120 benchmarks/test_bench_attention.py ${GPU_CHECK_BENCH_K:+-k "$GPU_CHECK_BENCH_K"}
 
 # ---- correctness on the GPU (needs the extension) ----------------------------------------------------------------
 wait "$INSTALL_PID"

@@ -36,13 +36,17 @@ HIDDEN = {"baseline", "description", "copy_gb_per_s"}  # shown elsewhere or per 
 def load(paths: list[str]) -> dict:
     """Read and merge pytest-benchmark JSON files: the first file's header, every file's benchmarks."""
     merged: Optional[dict] = None
+    skipped = []
     for p in paths:
+        # A run that selected no benchmark (e.g. PyAV missing) leaves an empty file: skip it, say so, go on.
         try:
             data = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"render_summary: cannot read {p}: {e}") from None
+            skipped.append(f"{p} ({e})")
+            continue
         if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
-            raise SystemExit(f"render_summary: {p} is not pytest-benchmark JSON (no 'benchmarks' list)")
+            skipped.append(f"{p} (not pytest-benchmark JSON: no 'benchmarks' list)")
+            continue
         if merged is None:
             merged = dict(data, benchmarks=list(data["benchmarks"]))
         else:
@@ -50,8 +54,10 @@ def load(paths: list[str]) -> dict:
             roof = data.get("machine_info", {}).get("roofline")
             if roof and not merged.get("machine_info", {}).get("roofline"):
                 merged.setdefault("machine_info", {})["roofline"] = roof
+    for line in skipped:
+        print(f"render_summary: skipped {line}", file=sys.stderr)
     if merged is None:
-        raise SystemExit("render_summary: no input files")
+        raise SystemExit("render_summary: no readable input files" + (f": {'; '.join(skipped)}" if skipped else ""))
     return merged
 
 

@@ -3,8 +3,8 @@
 For each class it times every candidate of `attention_candidates.py` on the shapes that class stands for (the
 benchmark's ViT-L context / dense / predictor batches, and a ViT-H batch for the 128 class), checks each candidate's
 output against an fp32 reference, and keeps the fastest correct one. The kernels are tuned in order: forward, then
-the dK/dV kernel of the default (atomic dQ) backward with that forward, then the dQ kernel of the deterministic
-backward. The result is a table in the format of `vjepa_fast/ops/flash_varlen_tuned.json`, keyed by this card's
+the dK/dV kernel of the (default) split backward with that forward, then its dQ kernel; last, the atomic-dQ backward
+with the chosen dK/dV tiles is timed once for comparison (VJEPA_FAST_FLASH_BWD=atomic selects it). The result is a table in the format of `vjepa_fast/ops/flash_varlen_tuned.json`, keyed by this card's
 compute capability, which the kernels read when `VJEPA_FAST_FLASH_TUNING` points at it (or once it is committed as
 the packaged table).
 
@@ -98,7 +98,8 @@ def _bench(fn) -> float:
 def _trial(tfv, kernel: str, cfg: dict, fixed: dict, cases: dict) -> dict:
     """Time one candidate over the class's shapes; error on any shape rejects it."""
     row = {"kernel": kernel, "config": cfg, "ms": {}, "rel_err": {}}
-    with tfv.block_sizes(**fixed, **{kernel: cfg}):
+    tiles = {"dkdv" if kernel == "bwd_atomic" else kernel: cfg}
+    with tfv.block_sizes(**fixed, **tiles):
         for name, c in cases.items():
             args = (c.qkv, c.cu, c.max_len, c.scale)
             try:
@@ -107,7 +108,8 @@ def _trial(tfv, kernel: str, cfg: dict, fixed: dict, cases: dict) -> dict:
                     row["rel_err"][name] = _rel(out, c.ref_out)
                     row["ms"][name] = _bench(lambda: tfv._forward(*args))
                 else:
-                    det = kernel == "dq"
+                    det = kernel != "bwd_atomic"  # dkdv and dq are tuned inside the split backward
+                    os.environ[tfv.BWD_ENV] = "split" if det else "atomic"
                     dqkv = tfv._backward(c.dout, c.qkv, out, lse, c.cu, c.max_len, c.scale, det)
                     row["rel_err"][name] = _rel(dqkv, c.ref_grad)
                     row["ms"][name] = _bench(
@@ -117,6 +119,8 @@ def _trial(tfv, kernel: str, cfg: dict, fixed: dict, cases: dict) -> dict:
             except Exception as e:  # out of shared memory, a compile error: this candidate is out, not the run
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                 return row
+            finally:
+                os.environ.pop(tfv.BWD_ENV, None)
     row["total_ms"] = sum(row["ms"].values())
     row["ok"] = max(row["rel_err"].values()) < MAX_REL_ERR
     return row
@@ -186,6 +190,14 @@ def main() -> int:
             gain = f", {dflt['total_ms'] / best['total_ms']:.2f}x the default" if dflt else ""
             print(f"Dh {hd} {kernel}: best {json.dumps(best['config'])} {best['total_ms']:.3f} ms{gain}", flush=True)
             fixed[kernel] = best["config"]
+        atomic = _trial(tfv, "bwd_atomic", fixed.get("dkdv", tfv._gpu_config("dkdv", int(bd), torch.bfloat16)),
+                        {k: v for k, v in fixed.items() if k != "dkdv"}, cases)
+        atomic.update(head_dim=hd, default=False)
+        trials.append(atomic)
+        split_ms = min((r["total_ms"] for r in trials if r["head_dim"] == hd and r["kernel"] == "dq" and r.get("ok")),
+                       default=None)
+        if atomic.get("ok") and split_ms:
+            print(f"Dh {hd} backward: split {split_ms:.3f} ms, atomic {atomic['total_ms']:.3f} ms", flush=True)
         del cases
         if device == "cuda":
             torch.cuda.empty_cache()

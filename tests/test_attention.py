@@ -95,8 +95,20 @@ def _assert_rule(name, fast, same, truth):
 
 
 def _run_triton(qkv, cu, max_seqlen, dout, deterministic=False):
-    with _kernels().poison_outputs():
-        return _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_seqlen, deterministic=deterministic), qkv, dout)
+    """deterministic=False runs the atomic-dQ backward (VJEPA_FAST_FLASH_BWD=atomic), True the split one (also the
+    default), so the tests that take both cover both kernels."""
+    tfv = _kernels()
+    old = os.environ.get(tfv.BWD_ENV)
+    os.environ[tfv.BWD_ENV] = "split" if deterministic else "atomic"
+    try:
+        with tfv.poison_outputs():
+            return _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_seqlen, deterministic=deterministic), qkv,
+                            dout)
+    finally:
+        if old is None:
+            os.environ.pop(tfv.BWD_ENV)
+        else:
+            os.environ[tfv.BWD_ENV] = old
 
 
 # ---------------------------------------------------------------------------------------------- correctness
@@ -112,6 +124,23 @@ def test_forward_backward_match_fp64(triton_backend, Dh, dtype):
     _assert_rule("out", out, same_out, truth_out)
     for i, name in enumerate("qkv"):
         _assert_rule(f"d{name}", dqkv[:, i], same_d[:, i], truth_d[:, i])
+
+
+def test_default_backward_is_split(triton_backend, monkeypatch):
+    """With no setting the backward takes the split (deterministic) path: bitwise equal to deterministic=True.
+    A bad VJEPA_FAST_FLASH_BWD is a clear error, not a silent fallback."""
+    tfv = _kernels()
+    monkeypatch.delenv(tfv.BWD_ENV, raising=False)
+    assert tfv.backward_mode() == "split" and tfv.backward_mode(True) == "split"
+    qkv, cu, max_len, dout = _batch([5, 40, 0, 17], 2, 24, torch.float32, seed=11)
+    _, d_default = _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_len), qkv, dout)
+    _, d_det = _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_len, deterministic=True), qkv, dout)
+    assert torch.equal(d_default, d_det)
+    monkeypatch.setenv(tfv.BWD_ENV, "atomic")
+    assert tfv.backward_mode() == "atomic" and tfv.backward_mode(True) == "split"
+    monkeypatch.setenv(tfv.BWD_ENV, "fast")
+    with pytest.raises(ValueError, match="VJEPA_FAST_FLASH_BWD"):
+        tfv.backward_mode()
 
 
 def test_deterministic_backward(triton_backend):

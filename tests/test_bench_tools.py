@@ -62,11 +62,17 @@ def test_cli_merges_files(tmp_path):
     assert "## g" in text and "## h" in text and "1 ms" in text and "2 ms" in text
     assert "copy 10 GB/s" in text
     assert [r["name"] for r in json.loads(merged.read_text())["benchmarks"]] == ["one", "two"]
-    bad = tmp_path / "bad.json"
+    bad, empty = tmp_path / "bad.json", tmp_path / "empty.json"
     bad.write_text("{}")
+    empty.write_text("")  # what pytest-benchmark leaves when it selected no benchmark
     proc = subprocess.run([sys.executable, str(BENCH / "render_summary.py"), str(bad)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0 and "not pytest-benchmark JSON" in proc.stderr
+    # one unreadable file among good ones is skipped with a note, not the end of the summary
+    proc = subprocess.run([sys.executable, str(BENCH / "render_summary.py"), str(a), str(empty), "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "skipped" in proc.stderr and "empty.json" in proc.stderr
+    assert "## g" in out.read_text()
 
 
 def test_cpu_roofline():

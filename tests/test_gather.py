@@ -38,11 +38,14 @@ def _err(x, exact):
 
 
 def _assert_2x(fast, ref, exact, what):
-    """The fast path at most twice as far from the fp64 result as the reference in the same dtype."""
+    """The fast path at most twice as far from the fp64 result as the reference in the same dtype, plus four ulps of
+    the result's scale (DESIGN.md): summed gradients (a shared position row) are added in a different order, and a
+    reference that happens to land within an ulp must not make one ulp of the fast path a failure."""
     assert fast.shape == ref.shape and fast.dtype == ref.dtype
     assert torch.isfinite(fast).all(), f"{what}: non-finite values"
     e_fast, e_ref = _err(fast, exact), _err(ref, exact)
-    assert e_fast <= 2 * e_ref + 1e-12, f"{what}: fast error {e_fast} > 2 x reference error {e_ref}"
+    slack = 4 * torch.finfo(fast.dtype).eps * (exact.abs().max().item() if exact.numel() else 0.0)
+    assert e_fast <= 2 * e_ref + slack + 1e-12, f"{what}: fast error {e_fast} > 2 x reference error {e_ref} + {slack}"
 
 
 def _run(tokens, pos, rows, grad_out, unique_rows=True):

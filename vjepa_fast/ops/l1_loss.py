@@ -5,8 +5,10 @@ parallelism), so the same op gives the RECIPE's per-mask mean for any packing. G
 target is the EMA encoder's output under stop-gradient, and the weights are constants.
 
 Fast path (kernel 3 of DESIGN.md): one Triton program per block of rows gathers its target rows, normalises them in
-registers, accumulates w * |z - hn| and writes d(loss)/dz = w * sign(z - hn) in the same pass, because the target is
-constant. Backward is then one scale by the incoming (scalar) gradient. The normalised target is never materialised.
+registers, accumulates w * |z - hn| and writes sign(z - hn) in the same pass, because the target is constant.
+Backward is then one scale of that sign by w * (the incoming scalar gradient), computed in fp32 and rounded once to
+z's dtype, exactly as the reference's autograd rounds it (storing w * sign in bf16 and scaling that would round twice).
+The normalised target is never materialised.
 Per-program partial sums are reduced by torch (no atomics), so the loss is deterministic.
 
 Triton is imported lazily, and the kernel is built on first use: `@triton.jit` decides at decoration time whether
@@ -49,8 +51,9 @@ _INTERPRETED: Optional[bool] = None  # how _KERNEL was built
 _OP = None  # the registered torch op (OpOverload), None until _build()
 
 
-def _l1_fwd_kernel(z_ptr, h_ptr, rows_ptr, w_ptr, dz_ptr, partial_ptr, R, M, D, stride_z, stride_h, stride_dz, eps,
-                   BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _l1_fwd_kernel(z_ptr, h_ptr, rows_ptr, w_ptr, sgn_ptr, partial_ptr, R, M, D, stride_z, stride_h, stride_sgn,
+                   EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    # EPS is a compile-time constant: a float argument may arrive as fp64 under torch.compile, which sqrt_rn refuses.
     pid = tl.program_id(0)
     r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     d = tl.arange(0, BLOCK_D)
@@ -60,7 +63,7 @@ def _l1_fwd_kernel(z_ptr, h_ptr, rows_ptr, w_ptr, dz_ptr, partial_ptr, R, M, D, 
 
     src = tl.load(rows_ptr + r, mask=rmask, other=0).to(tl.int64)
     # An out-of-range index (possible when the caller skipped the host-side check to avoid a sync) must neither
-    # read out of bounds nor pass silently: its row is not loaded and its target becomes NaN, so loss and dz are NaN.
+    # read out of bounds nor pass silently: its row is not loaded and its target becomes NaN, so the loss and the gradient are NaN.
     bad = (src < 0) | (src >= M)
     w = tl.load(w_ptr + r, mask=rmask, other=0.0).to(tl.float32)
 
@@ -68,7 +71,7 @@ def _l1_fwd_kernel(z_ptr, h_ptr, rows_ptr, w_ptr, dz_ptr, partial_ptr, R, M, D, 
     mean = tl.sum(h, axis=1) / D
     hc = tl.where(m, h - mean[:, None], 0.0)  # padded columns would otherwise add mean^2 to the variance
     var = tl.sum(hc * hc, axis=1) / D  # biased, as LayerNorm; two passes over registers, no cancellation
-    rstd = 1.0 / tl.sqrt_rn(var + eps)
+    rstd = 1.0 / tl.sqrt_rn(var + EPS)
     hn = tl.where(bad[:, None], float("nan"), hc * rstd[:, None])
 
     offs_r = r.to(tl.int64)[:, None]
@@ -76,7 +79,7 @@ def _l1_fwd_kernel(z_ptr, h_ptr, rows_ptr, w_ptr, dz_ptr, partial_ptr, R, M, D, 
     diff = z - hn
     # sign with sign(0) = 0 (torch's abs gradient) and NaN kept NaN (diff * 0 is 0 for finite diff, NaN for NaN).
     sgn = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, diff * 0.0))
-    tl.store(dz_ptr + offs_r * stride_dz + d[None, :], (w[:, None] * sgn).to(dz_ptr.dtype.element_ty), mask=m)
+    tl.store(sgn_ptr + offs_r * stride_sgn + d[None, :], sgn.to(sgn_ptr.dtype.element_ty), mask=m)
 
     row_abs = tl.sum(tl.where(m, tl.abs(diff), 0.0), axis=1)
     tl.store(partial_ptr + pid, tl.sum(w * row_abs, axis=0))
@@ -91,7 +94,7 @@ def _tile(D: int) -> tuple[int, int, int]:
 
 
 def _launch(z: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, row_weight: torch.Tensor, eps: float,
-            dz: torch.Tensor, partials: torch.Tensor) -> None:
+            sgn: torch.Tensor, partials: torch.Tensor) -> None:
     """Run the kernel into caller-provided buffers (the tests poison them to catch unwritten elements)."""
     from torch.library import wrap_triton
 
@@ -100,8 +103,9 @@ def _launch(z: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, row_weight: to
     # wrap_triton makes the launch traceable for torch.compile; an interpreted kernel is called directly (older
     # torch rejects it in wrap_triton, and the interpreted op is registered as an opaque custom op anyway).
     kernel = _KERNEL if _INTERPRETED else wrap_triton(_KERNEL)
-    kernel[(partials.shape[0],)](z, h, rows, row_weight, dz, partials, R, h.shape[0], D, z.stride(0), h.stride(0),
-                                 dz.stride(0), eps, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps)
+    kernel[(partials.shape[0],)](z, h, rows, row_weight, sgn, partials, R, h.shape[0], D, z.stride(0), h.stride(0),
+                                 sgn.stride(0), EPS=float(eps), BLOCK_R=block_r, BLOCK_D=block_d,
+                                 num_warps=num_warps)
 
 
 def _num_programs(R: int, D: int) -> int:
@@ -115,12 +119,12 @@ def _fwd_impl(z: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, row_weight: 
     h = h if h.stride(-1) == 1 else h.contiguous()
     rows, row_weight = rows.contiguous(), row_weight.contiguous()
     R, D = z.shape
-    dz = torch.empty((R, D), dtype=z.dtype, device=z.device)
+    sgn = torch.empty((R, D), dtype=z.dtype, device=z.device)  # -1, 0, +1 (NaN for a bad row): exact in any dtype
     if R == 0 or D == 0:
-        return torch.zeros((), dtype=torch.float32, device=z.device), dz
+        return torch.zeros((), dtype=torch.float32, device=z.device), sgn
     partials = torch.empty(_num_programs(R, D), dtype=torch.float32, device=z.device)
-    _launch(z, h, rows, row_weight, eps, dz, partials)
-    return partials.sum(), dz
+    _launch(z, h, rows, row_weight, eps, sgn, partials)
+    return partials.sum(), sgn
 
 
 def _fwd_fake(z: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, row_weight: torch.Tensor,
@@ -129,15 +133,17 @@ def _fwd_fake(z: torch.Tensor, h: torch.Tensor, rows: torch.Tensor, row_weight: 
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    dz = output[1]
-    ctx.save_for_backward(dz)
-    ctx.mark_non_differentiable(dz)
+    sgn = output[1]
+    ctx.save_for_backward(sgn, inputs[3])  # the sign and row_weight
+    ctx.mark_non_differentiable(sgn)
 
 
-def _backward(ctx, grad_loss: torch.Tensor, _grad_dz):
-    (dz,) = ctx.saved_tensors
-    # dz already holds w * sign(z - hn); the chain rule only scales it by the scalar upstream gradient.
-    return dz * grad_loss, None, None, None, None
+def _backward(ctx, grad_loss: torch.Tensor, _grad_sgn):
+    sgn, row_weight = ctx.saved_tensors
+    # d(loss)/dz = w * sign(z - hn) * upstream: the [R, 1] fp32 factor promotes the product to fp32, so the only
+    # rounding is the final one to z's dtype (as in the reference). One elementwise pass, fused under compile.
+    scale = row_weight.float()[:, None] * grad_loss.float()
+    return (sgn * scale).to(sgn.dtype), None, None, None, None
 
 
 def _build():

@@ -83,6 +83,8 @@ def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
     s_qh = s_qh * ALIGN
     s_ot = s_ot * ALIGN
     s_oh = s_oh * ALIGN
+    # Inductor may pass Python floats as fp64; the softmax state must stay fp32 (a loop-carried type).
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
@@ -149,6 +151,8 @@ def _bwd_dkdv_kernel(QKV, DO, LSE, DELTA, DQKV, DQ_ACC, CU, T, H, sm_scale, qk_s
     s_gt = s_gt * ALIGN
     s_g3 = s_g3 * ALIGN
     s_gh = s_gh * ALIGN
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_n = tl.program_id(0)
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
@@ -212,6 +216,8 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
     s_gt = s_gt * ALIGN
     s_g3 = s_g3 * ALIGN
     s_gh = s_gh * ALIGN
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
@@ -260,9 +266,8 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
 # compute capability ("sm_90"), kernel and padded head dim, for 16-bit inputs; VJEPA_FAST_FLASH_TUNING=<json> points
 # at another such file (one just tuned on this card). Anything not in the table falls back to `_gpu_config`.
 #
-# Fallback entries (fp16/bf16): every one compiles for sm_90 without register spills at ViT strides
-# (benchmarks/aot_compile_attention.py); all use 8 warps (two warpgroups for wgmma). The forward and dQ kernels hold
-# 128 query rows and stream keys; the dK/dV kernel holds 128 keys (64 at head dim 128) and streams 32 query rows.
+# Fallback entries (fp16/bf16, `_FALLBACK`): every one compiles for sm_90 without register spills at ViT strides,
+# also with fp64 float arguments as Inductor passes them (benchmarks/aot_compile_attention.py, tests/test_triton_aot.py).
 
 TUNING_ENV = "VJEPA_FAST_FLASH_TUNING"
 _TUNED_FILE = Path(__file__).with_name("flash_varlen_tuned.json")
@@ -304,19 +309,22 @@ def _tuned_config(kernel: str, block_d: int, arch: str) -> Optional[dict]:
     return dict(cfg)
 
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) by padded head dim: the sm_90 winners of benchmarks/tune_attention.py on
+# an H200 (bf16, ViT shapes), used wherever the table has no entry for the card. Head dims up to 16 use the 32 row.
+_FALLBACK = {
+    "fwd": {32: (128, 32, 4, 3), 64: (64, 64, 4, 3), 128: (128, 32, 8, 3)},
+    "dkdv": {32: (32, 64, 4, 3), 64: (32, 128, 8, 3), 128: (16, 128, 8, 3)},
+    "dq": {32: (64, 32, 4, 3), 64: (128, 32, 8, 3), 128: (64, 32, 4, 3)},
+}
+
+
 def _gpu_config(kernel: str, block_d: int, dtype: torch.dtype) -> dict:
-    big = block_d >= 128
     if kernel == "delta":
         return {"BLOCK_M": 64, "num_warps": 4}
     if dtype == torch.float32:  # a correctness path (ieee dots), not a training dtype
         return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-    if kernel == "fwd":
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2 if big else 3}
-    if kernel == "dkdv":  # BLOCK_N keys held, BLOCK_M queries streamed
-        return {"BLOCK_M": 32, "BLOCK_N": 64 if big else 128, "num_warps": 8, "num_stages": 2 if big else 3}
-    if kernel == "dq":  # BLOCK_M queries held, BLOCK_N keys streamed
-        return {"BLOCK_M": 128, "BLOCK_N": 32 if big else 64, "num_warps": 8, "num_stages": 3}
-    raise KeyError(kernel)
+    m, n, warps, stages = _FALLBACK[kernel][max(block_d, 32)]
+    return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": warps, "num_stages": stages}
 
 
 # The interpreter's cost is per operation, not per element: few, mid-sized tiles. MAX_PROGRAMS caps the grid's block
@@ -440,6 +448,7 @@ def _dot_precision(dtype: torch.dtype) -> Optional[str]:
 def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
              softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     T, _, H, Dh = qkv.shape
+    Dh = int(Dh)  # a compile-time constant of the kernels (specialised, also when traced with symbolic shapes)
     S = cu_seqlens.shape[0] - 1
     out = _alloc((T, H, Dh), qkv.dtype, qkv.device)
     lse = _alloc((H, T), torch.float32, qkv.device)
@@ -456,10 +465,27 @@ def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
     return out, lse
 
 
+# How the backward gets dQ. "split": a separate dQ kernel (one program per query block, no atomics, bitwise
+# repeatable). "atomic": the dK/dV kernel also adds each block's dQ into an fp32 buffer with atomics (fewer kernels,
+# more matmul work per program, not repeatable). Split measured faster on every ViT shape on an H200 (bf16: 0.73 vs
+# 0.81 ms context, 2.95 vs 3.28 ms dense, 4.11 vs 4.20 ms predictor; benchmarks/results/), so it is the default;
+# VJEPA_FAST_FLASH_BWD=atomic selects the other, and deterministic=True always splits.
+BWD_ENV = "VJEPA_FAST_FLASH_BWD"
+BWD_MODES = ("split", "atomic")
+
+
+def backward_mode(deterministic: bool = False) -> str:
+    mode = os.environ.get(BWD_ENV, "split").strip().lower() or "split"
+    if mode not in BWD_MODES:
+        raise ValueError(f"{BWD_ENV}={mode!r}: expected one of {', '.join(BWD_MODES)}")
+    return "split" if deterministic else mode
+
+
 def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
               cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float,
               deterministic: bool) -> torch.Tensor:
     T, _, H, Dh = qkv.shape
+    Dh = int(Dh)
     S = cu_seqlens.shape[0] - 1
     dqkv = _alloc((T, 3, H, Dh), qkv.dtype, qkv.device)
     if T == 0 or S == 0 or H == 0:
@@ -478,16 +504,17 @@ def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: tor
             *out.stride(), *dout.stride(), HEAD_DIM=Dh, BLOCK_D=bd, **cfg)
 
     # The atomic path accumulates dQ in fp32 (zeros are its identity, not a poison target) and copies it at the end.
-    # The deterministic path never touches DQ_ACC (ATOMIC_DQ is a constexpr): a one-element stand-in, never an alias
+    # The split path never touches DQ_ACC (ATOMIC_DQ is a constexpr): a one-element stand-in, never an alias
     # of another argument (under torch.compile, aliased kernel arguments are cloned separately when functionalised).
-    shape = (1,) if deterministic else (T, H, Dh)
+    split = backward_mode(deterministic) == "split"
+    shape = (1,) if split else (T, H, Dh)
     dq_acc = torch.zeros(shape, dtype=torch.float32, device=qkv.device)
     cfg = _config("dkdv", bd, qkv.dtype, qkv.device)
     grid = _grid(cfg, "BLOCK_N", max_seqlen, S * H)
     _launch(_bwd_dkdv_kernel, grid, qkv, dout, lse, delta, dqkv, dq_acc, cu_seqlens, T, H,
             softmax_scale, qk_scale, *q_strides, *do_strides, *g_strides,
-            HEAD_DIM=Dh, BLOCK_D=bd, ATOMIC_DQ=not deterministic, DOT_PREC=prec, ALIGN=a, **cfg)
-    if deterministic:
+            HEAD_DIM=Dh, BLOCK_D=bd, ATOMIC_DQ=not split, DOT_PREC=prec, ALIGN=a, **cfg)
+    if split:
         cfg = _config("dq", bd, qkv.dtype, qkv.device)
         grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
         _launch(_bwd_dq_kernel, grid, qkv, dout, lse, delta, dqkv, cu_seqlens, T, H,
@@ -565,4 +592,4 @@ def flash_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seql
     return out
 
 
-__all__ = ["flash_varlen_attention", "interpreted", "poison_outputs", "block_sizes", "LOG2E"]
+__all__ = ["flash_varlen_attention", "backward_mode", "interpreted", "poison_outputs", "block_sizes", "LOG2E"]
