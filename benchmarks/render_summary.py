@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 # extra_info key(s) -> column title and format, in display order. Aliases cover the spellings benchmarks use.
 FIGURES: list[tuple[tuple[str, ...], str, str]] = [
+    # GPU kernels: the CUDA-event median (triton.testing.do_bench), the figure of record; `median` is wall clock
+    (("median_ms",), "event median ms", "num"),
     (("batch_size",), "batch", "int"),
     (("gb_per_s", "gbps"), "GB/s", "num"),
     (("tflop_per_s", "tflops", "tflop_s"), "TFLOP/s", "num"),
