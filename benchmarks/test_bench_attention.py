@@ -5,7 +5,8 @@ GPU shapes (bf16, 16 heads), as in a ViT-L/16 step on one card with 24 clips of 
   [392, 784] (short-range masks) and half in [112, 448] (long-range), head dim 64;
 - `predictor`: the predictor's sequences, context + targets = 1568 tokens each (48 of them), head dim 24;
 - `dense`: the target encoder, 24 clips x 1568 tokens, head dim 64 (uniform: SDPA is the default there).
-Variants: `triton` (ours; `triton_deterministic` is its bitwise-repeatable backward), `torch_varlen` (torch.nn.attention.varlen), `sdpa_padded` (our padded fallback op),
+Variants: `triton` (ours; `triton_deterministic` is its bitwise-repeatable backward), `torch_varlen`
+(torch.nn.attention.varlen), `sdpa_padded` (our padded fallback op),
 `flash_attn` / `xformers` when installed, and on the uniform shapes plain batched SDPA with the flash and cuDNN
 kernels (`sdpa_flash`, `sdpa_cudnn`, via torch.nn.attention.sdpa_kernel).
 On CPU: a tiny ragged batch and the backends that run there (sdpa_padded, reference); the Triton interpreter would
@@ -29,22 +30,20 @@ import torch.nn.functional as F
 
 from vjepa_fast.ops import attention as A  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention_candidates import CONTEXT_LENS, DENSE_LENS, PREDICTOR_LENS, _lens  # noqa: E402
+
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 MODES = ["fwd", "bwd", "fwdbwd"]
 
 
-def _lens(n: int, lo: int, hi: int, seed: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(lo, hi + 1, (n,), generator=g).tolist()
-
-
 if CUDA:
     DTYPE, H = torch.bfloat16, 16
     SHAPES = {
-        "context": (_lens(24, 392, 784, 0) + _lens(24, 112, 448, 1), 64, False),
-        "predictor": ([1568] * 48, 24, True),
-        "dense": ([1568] * 24, 64, True),
+        "context": (CONTEXT_LENS, 64, False),
+        "predictor": (PREDICTOR_LENS, 24, True),
+        "dense": (DENSE_LENS, 64, True),
     }
     VARLEN = ["triton", "triton_deterministic", "torch_varlen", "flash_attn", "xformers", "sdpa_padded"]
     DENSE_ONLY = ["sdpa_flash", "sdpa_cudnn"]

@@ -4,7 +4,8 @@ For each class it times every candidate of `attention_candidates.py` on the shap
 benchmark's ViT-L context / dense / predictor batches, and a ViT-H batch for the 128 class), checks each candidate's
 output against an fp32 reference, and keeps the fastest correct one. The kernels are tuned in order: forward, then
 the dK/dV kernel of the (default) split backward with that forward, then its dQ kernel; last, the atomic-dQ backward
-with the chosen dK/dV tiles is timed once for comparison (VJEPA_FAST_FLASH_BWD=atomic selects it). The result is a table in the format of `vjepa_fast/ops/flash_varlen_tuned.json`, keyed by this card's
+with the chosen dK/dV tiles is timed once for comparison (VJEPA_FAST_FLASH_BWD=atomic selects it). The result is a
+table in the format of `vjepa_fast/ops/flash_varlen_tuned.json`, keyed by this card's
 compute capability, which the kernels read when `VJEPA_FAST_FLASH_TUNING` points at it (or once it is committed as
 the packaged table).
 
@@ -31,21 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from attention_candidates import CANDIDATES  # noqa: E402
+from attention_candidates import CANDIDATES, CONTEXT_LENS, DENSE_LENS, PREDICTOR_LENS  # noqa: E402
 
 HEADS = 16
 MAX_REL_ERR = 2e-2  # bf16 outputs land near 3e-3 (rel. Frobenius error); a wrong config is far above
 
 
-def _lens(n: int, lo: int, hi: int, seed: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(lo, hi + 1, (n,), generator=g).tolist()
-
-
 # head dim -> shapes it is tuned on (the same batches as benchmarks/test_bench_attention.py, plus ViT-H for 80)
 SHAPES = {
-    24: {"predictor": [1568] * 48},
-    64: {"context": _lens(24, 392, 784, 0) + _lens(24, 112, 448, 1), "dense": [1568] * 24},
+    24: {"predictor": PREDICTOR_LENS},
+    64: {"context": CONTEXT_LENS, "dense": DENSE_LENS},
     80: {"vith_dense": [1568] * 8},
 }
 

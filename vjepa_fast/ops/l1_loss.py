@@ -63,7 +63,8 @@ def _l1_fwd_kernel(z_ptr, h_ptr, rows_ptr, w_ptr, sgn_ptr, partial_ptr, R, M, D,
 
     src = tl.load(rows_ptr + r, mask=rmask, other=0).to(tl.int64)
     # An out-of-range index (possible when the caller skipped the host-side check to avoid a sync) must neither
-    # read out of bounds nor pass silently: its row is not loaded and its target becomes NaN, so the loss and the gradient are NaN.
+    # read out of bounds nor pass silently: its row is not loaded and its target becomes NaN, so the loss and the
+    # gradient are NaN.
     bad = (src < 0) | (src >= M)
     w = tl.load(w_ptr + r, mask=rmask, other=0.0).to(tl.float32)
 

@@ -268,7 +268,8 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
 # at another such file (one just tuned on this card). Anything not in the table falls back to `_gpu_config`.
 #
 # Fallback entries (fp16/bf16, `_FALLBACK`): every one compiles for sm_90 without register spills at ViT strides,
-# also with fp64 float arguments as Inductor passes them (benchmarks/aot_compile_attention.py, tests/test_triton_aot.py).
+# also with fp64 float arguments as Inductor passes them (benchmarks/aot_compile_attention.py,
+# tests/test_triton_aot.py).
 
 TUNING_ENV = "VJEPA_FAST_FLASH_TUNING"
 _TUNED_FILE = Path(__file__).with_name("flash_varlen_tuned.json")
@@ -352,9 +353,15 @@ def _cached_config(kernel: str, block_d: int, dtype: torch.dtype, arch: str, int
 
 
 def _arch(device: torch.device) -> str:
-    if device.type != "cuda":
-        return device.type
-    major, minor = torch.cuda.get_device_capability(device)
+    return _arch_of(device.type, device.index)
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_of(device_type: str, index: Optional[int]) -> str:
+    # Once per device: this sits on every launch's path.
+    if device_type != "cuda":
+        return device_type
+    major, minor = torch.cuda.get_device_capability(index)
     return f"sm_{major}{minor}"
 
 
