@@ -105,8 +105,7 @@ def test_bench_ema_update(benchmark, roofline, params, source, variant):
     if variant == FAST:
         _backend.set_backend(E.OP, FAST)
     try:
-        backend = _backend.choose(E.OP, targets[0].device, E._backends(E._check(targets, sources, MOMENTUM))) \
-            if variant == FAST else variant
+        backend = E.EMA.choose((DEVICE, E._check(targets, sources, MOMENTUM))).name if variant == FAST else variant
 
         # One checked update on copies first: a fast wrong answer is no result. The tolerance allows for the
         # different roundings of lerp, FMA and separate multiply-add (a few ulp of the fp32 values).

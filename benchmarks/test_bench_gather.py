@@ -1,9 +1,10 @@
-"""Masked token gather (kernel 1), forward and forward + backward: the fast backend vs the eager reference vs
-torch.compile of the reference.
+"""The context encoder's token gather (kernel 1: `indexed_gather_add` as models/vit.py calls it, token rows b * N + n
+plus position rows n, unique-rows backward), forward and forward + backward: the fast backend vs the eager plain
+definition vs torch.compile of it.
 
 Rows (group "gather", parametrized by mode = fwd | fwdbwd and variant):
-- `cuda` on a GPU / `cpu` on the CPU: `vjepa_fast.ops.masked_gather` with that backend forced (the C++/CUDA op);
-- `reference` (the baseline): `masked_gather_reference`, index_select + add, eager;
+- `cuda` on a GPU / `cpu` on the CPU: `vjepa_fast.ops.indexed_gather_add` with that backend forced (the C++/CUDA op);
+- `reference` (the baseline): `indexed_gather_add_reference`, index_select + add, eager;
 - `compiled`: `torch.compile` of the reference (GPU only: on the shared CPU machine compiling costs more than the
   whole file's time budget, and inductor's CPU code says nothing about the GPU).
 
@@ -34,7 +35,6 @@ import pytest
 import torch
 
 from vjepa_fast.masks import MultiBlockMasker, pack_masks  # noqa: E402
-from vjepa_fast.ops import _backend  # noqa: E402
 from vjepa_fast.ops import gather as G  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -78,12 +78,22 @@ def inputs():
         torch.cuda.empty_cache()
 
 
+def _context_gather(tokens: torch.Tensor, pos, rows: torch.Tensor) -> torch.Tensor:
+    B, N, D = tokens.shape  # as models/vit.py calls it; default check_range
+    return G.indexed_gather_add(tokens.reshape(B * N, D), rows, pos, rows % N, unique_rows=True)
+
+
+def _context_gather_reference(tokens: torch.Tensor, pos, rows: torch.Tensor) -> torch.Tensor:
+    B, N, D = tokens.shape
+    return G.indexed_gather_add_reference(tokens.reshape(B * N, D), rows, pos, None if pos is None else rows % N)
+
+
 def _op(variant: str):
     if variant == "compiled":
-        return torch.compile(G.masked_gather_reference, dynamic=False)
+        return torch.compile(_context_gather_reference, dynamic=False)
     if variant == "reference":
-        return G.masked_gather_reference
-    return G.masked_gather  # with the backend forced by the test; default check_range, as the model calls it
+        return _context_gather_reference
+    return _context_gather  # with the backend forced by the test
 
 
 def _timed_target(call, calls: int):
@@ -109,25 +119,25 @@ def _bytes(mode: str, rows: torch.Tensor, pos: torch.Tensor, tokens: torch.Tenso
 @pytest.mark.benchmark(group="gather")
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", MODES)
-def test_bench_masked_gather(benchmark, roofline, inputs, mode, variant):
+def test_bench_context_gather(benchmark, roofline, inputs, mode, variant):
     rows, pos, tokens, grads = inputs
     op = _op(variant)
     if variant == FAST:
-        _backend.set_backend(G.OP, FAST)
+        G.GATHER.force(FAST)
     try:
-        backend = _backend.choose(G.OP, rows.device, G._BACKENDS) if variant == FAST else variant
+        backend = G.GATHER.choose((DEVICE, DTYPE)).name if variant == FAST else variant
         # Leaves that require grad share the tokens' storage (fwdbwd); the forward rows read plain tensors.
         leaves = [t.detach().requires_grad_(True) for t in tokens] if mode == "fwdbwd" else tokens
 
         # One checked call first: a fast wrong answer is no result (it also compiles the compiled variant).
         out = op(leaves[0], pos, rows)
         x64 = leaves[0].detach().double()
-        expected = G.masked_gather_reference(x64, pos.double(), rows)
+        expected = _context_gather_reference(x64, pos.double(), rows)
         torch.testing.assert_close(out.detach().double(), expected, rtol=TOL, atol=TOL)
         if mode == "fwdbwd":
             (grad,) = torch.autograd.grad(out, leaves[0], grads[0])
             x64.requires_grad_(True)
-            (grad_ref,) = torch.autograd.grad(G.masked_gather_reference(x64, None, rows), x64, grads[0].double())
+            (grad_ref,) = torch.autograd.grad(_context_gather_reference(x64, None, rows), x64, grads[0].double())
             torch.testing.assert_close(grad.double(), grad_ref, rtol=TOL, atol=TOL)
         del out
 
@@ -143,7 +153,7 @@ def test_bench_masked_gather(benchmark, roofline, inputs, mode, variant):
         benchmark.pedantic(_timed_target(call, CALLS), warmup_rounds=WARMUP, rounds=ROUNDS, iterations=CALLS)
         _sync()  # --benchmark-disable runs one call and no round end
     finally:
-        _backend.set_backend(G.OP, None)  # set_backend is process-wide: do not leak into the next row
+        G.GATHER.force(None)  # a forced backend is process-wide: do not leak into the next row
 
     info = dict(
         variant=variant, mode=mode, backend=backend, device=torch.cuda.get_device_name() if CUDA else "cpu",

@@ -128,8 +128,7 @@ def _runner(variant: str, device: torch.device, run_dir: Path) -> StepRunner:
 
 
 def _reset_backends(cfg) -> None:
-    for op in cfg.backends:  # set_backend is process-wide: do not leak into the next row
-        ops.set_backend(op, None)
+    ops.configure(type(cfg.backends)())  # forced backends are process-wide: do not leak into the next row
 
 
 @pytest.mark.benchmark(group="train_step")

@@ -15,47 +15,6 @@ inline bool is_gather_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
 
-// tokens [B, N, D] contiguous fp32/bf16/fp16; pos [N, D] contiguous, same dtype or fp32; rows int64 [R] contiguous.
-inline void check_gather_args(const at::Tensor& tokens, const std::optional<at::Tensor>& pos, const at::Tensor& rows) {
-  TORCH_CHECK_VALUE(tokens.dim() == 3, "masked_gather: tokens must be [B, N, D], got ", tokens.sizes());
-  TORCH_CHECK_VALUE(is_gather_dtype(tokens.scalar_type()), "masked_gather: tokens must be fp32/bf16/fp16, got ",
-                    tokens.scalar_type());
-  TORCH_CHECK_VALUE(tokens.is_contiguous(), "masked_gather: tokens must be contiguous");
-  TORCH_CHECK_VALUE(rows.dim() == 1 && rows.scalar_type() == at::kLong && rows.is_contiguous(),
-                    "masked_gather: rows must be a contiguous 1-D int64 tensor, got ", rows.scalar_type(), " ",
-                    rows.sizes());
-  TORCH_CHECK_VALUE(rows.device() == tokens.device(), "masked_gather: rows on ", rows.device(), " but tokens on ",
-                    tokens.device());
-  if (pos.has_value()) {
-    const at::Tensor& p = *pos;
-    TORCH_CHECK_VALUE(p.dim() == 2 && p.size(0) == tokens.size(1) && p.size(1) == tokens.size(2),
-                      "masked_gather: pos must be [N, D] = [", tokens.size(1), ", ", tokens.size(2), "], got ",
-                      p.sizes());
-    TORCH_CHECK_VALUE(p.scalar_type() == tokens.scalar_type() || p.scalar_type() == at::kFloat,
-                      "masked_gather: pos must have the tokens' dtype or fp32, got ", p.scalar_type(), " with ",
-                      tokens.scalar_type(), " tokens");
-    TORCH_CHECK_VALUE(p.is_contiguous(), "masked_gather: pos must be contiguous");
-    TORCH_CHECK_VALUE(p.device() == tokens.device(), "masked_gather: pos on ", p.device(), " but tokens on ",
-                      tokens.device());
-  }
-}
-
-// grad [R, D] contiguous fp32/bf16/fp16, rows int64 [R]; batch, num_tokens >= 0.
-inline void check_gather_backward_args(const at::Tensor& grad, const at::Tensor& rows, int64_t batch,
-                                       int64_t num_tokens) {
-  TORCH_CHECK_VALUE(grad.dim() == 2, "masked_gather_backward: grad must be [R, D], got ", grad.sizes());
-  TORCH_CHECK_VALUE(is_gather_dtype(grad.scalar_type()), "masked_gather_backward: grad must be fp32/bf16/fp16, got ",
-                    grad.scalar_type());
-  TORCH_CHECK_VALUE(grad.is_contiguous(), "masked_gather_backward: grad must be contiguous");
-  TORCH_CHECK_VALUE(rows.dim() == 1 && rows.scalar_type() == at::kLong && rows.is_contiguous(),
-                    "masked_gather_backward: rows must be a contiguous 1-D int64 tensor");
-  TORCH_CHECK_VALUE(rows.size(0) == grad.size(0), "masked_gather_backward: ", rows.size(0), " rows but grad has ",
-                    grad.size(0));
-  TORCH_CHECK_VALUE(rows.device() == grad.device(), "masked_gather_backward: rows on ", rows.device(),
-                    " but grad on ", grad.device());
-  TORCH_CHECK_VALUE(batch >= 0 && num_tokens >= 0, "masked_gather_backward: batch and num_tokens must be >= 0");
-}
-
 // src [S, D] contiguous fp32/bf16/fp16; src_rows int64 [R] contiguous; when pos is given: pos [P, D] contiguous,
 // src's dtype or fp32, and pos_rows int64 [R] contiguous (pos_rows is not read without pos).
 inline void check_indexed_gather_args(const at::Tensor& src, const at::Tensor& src_rows,

@@ -1,4 +1,4 @@
-// Helpers shared by the CPU kernels of the row gathers (gather_cpu.cpp, indexed_gather_cpu.cpp): task sizing,
+// Helpers shared by the CPU kernels of the row gathers (gather_cpu.cpp): task sizing,
 // index range checks, and the deterministic column-parallel scatter-add used by their backwards.
 #pragma once
 

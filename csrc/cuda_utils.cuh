@@ -54,7 +54,7 @@ inline int64_t grid_size(int64_t work_blocks, int blocks_per_sm = 8) {
   return work_blocks < 1 ? 1 : (work_blocks < cap ? work_blocks : cap);
 }
 
-// Row kernels (gather_cuda.cu, indexed_gather_cuda.cu) use 2-D blocks of kRowThreads threads: threadIdx.x walks
+// Row kernels (gather_cuda.cu) use 2-D blocks of kRowThreads threads: threadIdx.x walks
 // the `cols` packs of one row (a power of two up to kRowThreads), threadIdx.y picks one of the block's rows, and
 // the grid strides over rows.
 constexpr int kRowThreads = 256;

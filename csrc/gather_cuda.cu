@@ -1,8 +1,16 @@
-// CUDA kernels of masked_gather and its backward (see docs/kernels.md, "Masked gather").
+// CUDA kernels of indexed_gather_add and its backward (see docs/kernels.md, "Gather").
 //
-// Row kernels use a 2-D block: threadIdx.x walks the D columns of one row (as 16-byte packs when D and the pointers
-// allow it, single elements otherwise), threadIdx.y picks one of several rows per block, and the grid strides over
-// rows. Every element is read once and written once; pos rows are shared by the B samples and hit in L2.
+// Forward: a row kernel with 2-D blocks (cuda_utils.cuh row_launch): threadIdx.x walks the D columns of one row (as
+// 16-byte packs when D and the pointers allow it), threadIdx.y picks one of several rows per block, the grid strides
+// over rows; pos rows are shared by many output rows and hit in L2.
+// Backward, two algorithms with the same result up to the fp32 summation order:
+// - unique_rows=False, for destinations that repeat very often (every target row of mask m gathers mask token m,
+//   ~1000 times per sample), where plain per-row atomics would serialise on a few addresses: each task walks a chunk
+//   of kRunRows consecutive source rows, sums runs of equal destinations in registers and issues one fp32 atomicAdd
+//   per run and column (the predictor's layout puts each sequence's targets next to each other, so its mask-token
+//   rows cost about one atomic per chunk);
+// - unique_rows=True, for destinations gathered at most a few times (the context gather): each destination row is
+//   written exactly once, walking a linked list of its sources, no atomics on the data.
 #include "checks.h"
 #include "cuda_utils.cuh"
 
@@ -18,42 +26,84 @@ namespace vjepa_fast {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = kRowThreads;  // row_launch / first_row / row_stride: cuda_utils.cuh
+constexpr int kRunRows = 32;  // source rows per backward task: fewer atomics per run vs. enough tasks to fill the GPU
 
-// out[r] = tok[rows[r]] + pos[rows[r] % N] in fp32, rounded once to T. `cols` = D / VEC packs per row.
-// A row index outside [0, M) cannot be reported without a host sync, so its output row is filled with NaN
-// (the Python wrapper can check the range first with check_range=True).
+// out[r] = src[src_rows[r]] + pos[pos_rows[r]] in fp32, rounded once to T; `cols` = D / VEC packs per row.
+// An index out of range cannot be reported without a host sync: that output row is filled with NaN instead
+// (the Python wrapper checks first with check_range=True).
 template <typename T, typename P, int VEC>
-__global__ void __launch_bounds__(kThreads) gather_fwd_kernel(const T* __restrict__ tok, const P* __restrict__ pos,
-                                                              const int64_t* __restrict__ rows, T* __restrict__ out,
-                                                              int64_t R, int64_t N, int64_t M, int64_t cols) {
+__global__ void __launch_bounds__(kRowThreads) indexed_gather_kernel(
+    const T* __restrict__ src, const int64_t* __restrict__ src_rows, const P* __restrict__ pos,
+    const int64_t* __restrict__ pos_rows, T* __restrict__ out, int64_t R, int64_t S, int64_t num_pos, int64_t cols) {
   using TP = Pack<T, VEC>;
   using PP = Pack<P, VEC>;
-  const TP* tokp = reinterpret_cast<const TP*>(tok);
+  const TP* srcp = reinterpret_cast<const TP*>(src);
   const PP* posp = reinterpret_cast<const PP*>(pos);
   TP* outp = reinterpret_cast<TP*>(out);
   for (int64_t r = first_row(); r < R; r += row_stride()) {
-    const int64_t row = rows[r];
+    const int64_t s = src_rows[r];
+    const int64_t p = posp == nullptr ? 0 : pos_rows[r];
     TP* o = outp + r * cols;
-    if (row < 0 || row >= M) {
-      TP nan_pack;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) nan_pack.v[k] = from_f32<T>(__int_as_float(0x7fc00000));
+    if (s < 0 || s >= S || p < 0 || (posp != nullptr && p >= num_pos)) {
+      const TP nan_pack = filled_pack<T, VEC>(__int_as_float(0x7fc00000));
       for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) o[c] = nan_pack;
       continue;
     }
-    const TP* s = tokp + row * cols;
+    const TP* a = srcp + s * cols;
     if (posp == nullptr) {
-      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) o[c] = s[c];
+      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) o[c] = a[c];
       continue;
     }
-    const PP* p = posp + (row % N) * cols;
+    const PP* b = posp + p * cols;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-      TP a = s[c];
-      const PP b = p[c];
+      TP x = a[c];
+      const PP y = b[c];
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) a.v[k] = from_f32<T>(to_f32(a.v[k]) + to_f32(b.v[k]));
-      o[c] = a;
+      for (int k = 0; k < VEC; ++k) x.v[k] = from_f32<T>(to_f32(x.v[k]) + to_f32(y.v[k]));
+      o[c] = x;
+    }
+  }
+}
+
+// acc[src_rows[r]] += grad[r] (fp32 acc [S, D]). Task k owns source rows [k * kRunRows, (k + 1) * kRunRows) and a
+// thread one column pack of them; a run of equal destinations is summed in registers and flushed with one atomic
+// per element. Out-of-range destinations are skipped. The order of atomics between tasks is not fixed, so a row
+// fed by several tasks may differ in the last bit between runs.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kRowThreads) scatter_runs_kernel(const T* __restrict__ grad,
+                                                                   const int64_t* __restrict__ src_rows,
+                                                                   float* __restrict__ acc, int64_t R, int64_t S,
+                                                                   int64_t cols) {
+  using TP = Pack<T, VEC>;
+  const TP* g = reinterpret_cast<const TP*>(grad);
+  const int64_t D = cols * VEC;
+  const int64_t tasks = (R + kRunRows - 1) / kRunRows;
+  for (int64_t k = first_row(); k < tasks; k += row_stride()) {
+    const int64_t r0 = k * kRunRows;
+    const int64_t r1 = r0 + kRunRows < R ? r0 + kRunRows : R;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      float sum[VEC];
+      int64_t cur = -1;  // destination of the open run; -1: none (or an out-of-range one being skipped)
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t row = src_rows[r];
+        if (row != cur) {
+          if (cur >= 0) {
+#pragma unroll
+            for (int q = 0; q < VEC; ++q) atomicAdd(acc + cur * D + c * VEC + q, sum[q]);
+          }
+          cur = (row >= 0 && row < S) ? row : -1;
+#pragma unroll
+          for (int q = 0; q < VEC; ++q) sum[q] = 0.0f;
+        }
+        if (cur < 0) continue;
+        const TP v = g[r * cols + c];
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) sum[q] += to_f32(v.v[q]);
+      }
+      if (cur >= 0) {
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) atomicAdd(acc + cur * D + c * VEC + q, sum[q]);
+      }
     }
   }
 }
@@ -74,7 +124,7 @@ __global__ void link_rows_kernel(const int64_t* __restrict__ rows, int64_t R, in
 // sum of its sources rounded once. The list order depends on pass 1's scheduling, so with three or more sources
 // the fp32 sum order (and possibly the last bit) can vary from run to run; with one or two it cannot.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kThreads) scatter_dest_kernel(const T* __restrict__ grad,
+__global__ void __launch_bounds__(kRowThreads) scatter_dest_kernel(const T* __restrict__ grad,
                                                                 const int* __restrict__ head,
                                                                 const int* __restrict__ next, T* __restrict__ out,
                                                                 int64_t M, int64_t cols) {
@@ -85,9 +135,7 @@ __global__ void __launch_bounds__(kThreads) scatter_dest_kernel(const T* __restr
     const int h = head[d];
     TP* od = o + d * cols;
     if (h < 0) {
-      TP zero;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) zero.v[k] = from_f32<T>(0.0f);
+      const TP zero = filled_pack<T, VEC>(0.0f);
       for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) od[c] = zero;
       continue;
     }
@@ -114,129 +162,145 @@ __global__ void __launch_bounds__(kThreads) scatter_dest_kernel(const T* __restr
   }
 }
 
-// Accumulating path: every source row added into an fp32 buffer with atomics.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) scatter_add_kernel(const T* __restrict__ grad,
-                                                               const int64_t* __restrict__ rows,
-                                                               float* __restrict__ acc, int64_t R, int64_t M,
-                                                               int64_t D) {
-  for (int64_t r = first_row(); r < R; r += row_stride()) {
-    const int64_t row = rows[r];
-    if (row < 0 || row >= M) continue;
-    float* a = acc + row * D;
-    const T* gs = grad + r * D;
-    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) atomicAdd(a + c, to_f32(gs[c]));
-  }
-}
-
 template <typename T, typename P>
-void launch_gather(const at::Tensor& tokens, const P* pos, const at::Tensor& rows, at::Tensor& out) {
+void launch_forward(const at::Tensor& src, const at::Tensor& src_rows, const P* pos, const int64_t* pos_rows,
+                    int64_t num_pos, at::Tensor& out) {
   constexpr int VEC = 16 / sizeof(T);
-  const int64_t N = tokens.size(1), D = tokens.size(2), R = rows.size(0), M = tokens.size(0) * N;
-  const T* tok = static_cast<const T*>(tokens.const_data_ptr());
+  const int64_t S = src.size(0), D = src.size(1), R = src_rows.size(0);
+  const T* s = static_cast<const T*>(src.const_data_ptr());
   T* o = static_cast<T*>(out.mutable_data_ptr());
-  const int64_t* idx = rows.const_data_ptr<int64_t>();
-  const bool vec = D % VEC == 0 && pack_aligned<T, VEC>(tok) && pack_aligned<T, VEC>(o) &&
+  const int64_t* si = src_rows.const_data_ptr<int64_t>();
+  const bool vec = D % VEC == 0 && pack_aligned<T, VEC>(s) && pack_aligned<T, VEC>(o) &&
                    (pos == nullptr || pack_aligned<P, VEC>(pos));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (vec) {
     const RowLaunch l = row_launch(R, D / VEC);
-    gather_fwd_kernel<T, P, VEC><<<l.grid, l.block, 0, stream>>>(tok, pos, idx, o, R, N, M, D / VEC);
+    indexed_gather_kernel<T, P, VEC><<<l.grid, l.block, 0, stream>>>(s, si, pos, pos_rows, o, R, S, num_pos, D / VEC);
   } else {
     const RowLaunch l = row_launch(R, D);
-    gather_fwd_kernel<T, P, 1><<<l.grid, l.block, 0, stream>>>(tok, pos, idx, o, R, N, M, D);
+    indexed_gather_kernel<T, P, 1><<<l.grid, l.block, 0, stream>>>(s, si, pos, pos_rows, o, R, S, num_pos, D);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
-void gather_typed(const at::Tensor& tokens, const std::optional<at::Tensor>& pos, const at::Tensor& rows,
-                  at::Tensor& out) {
+void forward_typed(const at::Tensor& src, const at::Tensor& src_rows, const std::optional<at::Tensor>& pos,
+                   const at::Tensor& pos_rows, at::Tensor& out) {
   if (!pos.has_value()) {
-    launch_gather<T, T>(tokens, nullptr, rows, out);
-  } else if (pos->scalar_type() == at::kFloat) {
-    launch_gather<T, float>(tokens, static_cast<const float*>(pos->const_data_ptr()), rows, out);
+    launch_forward<T, T>(src, src_rows, nullptr, nullptr, 0, out);
+    return;
+  }
+  const int64_t* pi = pos_rows.const_data_ptr<int64_t>();
+  if (pos->scalar_type() == at::kFloat) {
+    launch_forward<T, float>(src, src_rows, static_cast<const float*>(pos->const_data_ptr()), pi, pos->size(0), out);
   } else {
-    launch_gather<T, T>(tokens, static_cast<const T*>(pos->const_data_ptr()), rows, out);
+    launch_forward<T, T>(src, src_rows, static_cast<const T*>(pos->const_data_ptr()), pi, pos->size(0), out);
   }
 }
 
-at::Tensor masked_gather_cuda(const at::Tensor& tokens, const std::optional<at::Tensor>& pos, const at::Tensor& rows,
-                              bool /*unique_rows: backward only*/) {
-  check_gather_args(tokens, pos, rows);
-  const c10::cuda::CUDAGuard guard(tokens.device());
-  const int64_t R = rows.size(0), D = tokens.size(2);
-  at::Tensor out = at::empty({R, D}, tokens.options());
+at::Tensor indexed_gather_add_cuda(const at::Tensor& src, const at::Tensor& src_rows,
+                                   const std::optional<at::Tensor>& pos, const at::Tensor& pos_rows,
+                                   bool /*unique_rows: backward only*/) {
+  check_indexed_gather_args(src, src_rows, pos, pos_rows);
+  const c10::cuda::CUDAGuard guard(src.device());
+  const int64_t R = src_rows.size(0), D = src.size(1);
+  at::Tensor out = at::empty({R, D}, src.options());
   if (R == 0 || D == 0) return out;
-  switch (tokens.scalar_type()) {
-    case at::kFloat: gather_typed<float>(tokens, pos, rows, out); break;
-    case at::kBFloat16: gather_typed<__nv_bfloat16>(tokens, pos, rows, out); break;
-    case at::kHalf: gather_typed<__half>(tokens, pos, rows, out); break;
-    default: TORCH_CHECK_VALUE(false, "masked_gather: unsupported dtype ", tokens.scalar_type());
+  switch (src.scalar_type()) {
+    case at::kFloat: forward_typed<float>(src, src_rows, pos, pos_rows, out); break;
+    case at::kBFloat16: forward_typed<__nv_bfloat16>(src, src_rows, pos, pos_rows, out); break;
+    case at::kHalf: forward_typed<__half>(src, src_rows, pos, pos_rows, out); break;
+    default: TORCH_CHECK_VALUE(false, "indexed_gather_add: unsupported dtype ", src.scalar_type());
   }
   return out;
 }
 
 template <typename T>
-at::Tensor backward_typed(const at::Tensor& grad, const at::Tensor& rows, int64_t B, int64_t N, bool unique) {
+void launch_backward(const at::Tensor& grad, const at::Tensor& src_rows, at::Tensor& acc) {
   constexpr int VEC = 16 / sizeof(T);
-  const int64_t R = rows.size(0), D = grad.size(1), M = B * N;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t R = src_rows.size(0), D = grad.size(1), S = acc.size(0);
   const T* g = static_cast<const T*>(grad.const_data_ptr());
-  const int64_t* idx = rows.const_data_ptr<int64_t>();
-  if (!unique) {
-    at::Tensor acc = at::zeros({B, N, D}, grad.options().dtype(at::kFloat));
-    if (R > 0 && D > 0) {
-      const RowLaunch l = row_launch(R, D);
-      scatter_add_kernel<T><<<l.grid, l.block, 0, stream>>>(g, idx, acc.mutable_data_ptr<float>(), R, M, D);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    return grad.scalar_type() == at::kFloat ? acc : acc.to(grad.scalar_type());
+  const int64_t* si = src_rows.const_data_ptr<int64_t>();
+  float* a = acc.mutable_data_ptr<float>();
+  const int64_t tasks = (R + kRunRows - 1) / kRunRows;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (D % VEC == 0 && pack_aligned<T, VEC>(g)) {
+    const RowLaunch l = row_launch(tasks, D / VEC);
+    scatter_runs_kernel<T, VEC><<<l.grid, l.block, 0, stream>>>(g, si, a, R, S, D / VEC);
+  } else {
+    const RowLaunch l = row_launch(tasks, D);
+    scatter_runs_kernel<T, 1><<<l.grid, l.block, 0, stream>>>(g, si, a, R, S, D);
   }
-  at::Tensor out = at::empty({B, N, D}, grad.options());
-  if (M == 0 || D == 0) return out;
-  TORCH_CHECK_VALUE(R < std::numeric_limits<int>::max(), "masked_gather_backward: more than 2^31 rows");
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_scatter_dest(const at::Tensor& grad, const at::Tensor& head, const at::Tensor& next, at::Tensor& out) {
+  constexpr int VEC = 16 / sizeof(T);
+  const int64_t S = out.size(0), D = grad.size(1);
+  const T* g = static_cast<const T*>(grad.const_data_ptr());
   T* o = static_cast<T*>(out.mutable_data_ptr());
-  at::Tensor head = at::empty({M}, grad.options().dtype(at::kInt));
-  C10_CUDA_CHECK(cudaMemsetAsync(head.mutable_data_ptr<int>(), 0xff, sizeof(int) * M, stream));  // all -1
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (D % VEC == 0 && pack_aligned<T, VEC>(g) && pack_aligned<T, VEC>(o)) {
+    const RowLaunch l = row_launch(S, D / VEC);
+    scatter_dest_kernel<T, VEC><<<l.grid, l.block, 0, stream>>>(g, head.const_data_ptr<int>(),
+                                                                next.const_data_ptr<int>(), o, S, D / VEC);
+  } else {
+    const RowLaunch l = row_launch(S, D);
+    scatter_dest_kernel<T, 1><<<l.grid, l.block, 0, stream>>>(g, head.const_data_ptr<int>(),
+                                                              next.const_data_ptr<int>(), o, S, D);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_backward_unique(const at::Tensor& grad, const at::Tensor& src_rows, at::Tensor& out) {
+  const int64_t R = src_rows.size(0), S = out.size(0);
+  TORCH_CHECK_VALUE(R < std::numeric_limits<int>::max(), "indexed_gather_add_backward: more than 2^31 rows");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor head = at::empty({S}, grad.options().dtype(at::kInt));
+  C10_CUDA_CHECK(cudaMemsetAsync(head.mutable_data_ptr<int>(), 0xff, sizeof(int) * S, stream));  // all -1
   at::Tensor next = at::empty({R > 0 ? R : 1}, grad.options().dtype(at::kInt));
   if (R > 0) {
-    const unsigned int blocks = static_cast<unsigned int>(grid_size((R + kThreads - 1) / kThreads));
-    link_rows_kernel<<<blocks, kThreads, 0, stream>>>(idx, R, M, head.mutable_data_ptr<int>(),
-                                                      next.mutable_data_ptr<int>());
+    const unsigned int blocks = static_cast<unsigned int>(grid_size((R + kRowThreads - 1) / kRowThreads));
+    link_rows_kernel<<<blocks, kRowThreads, 0, stream>>>(src_rows.const_data_ptr<int64_t>(), R, S,
+                                                         head.mutable_data_ptr<int>(), next.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const int* hp = head.const_data_ptr<int>();
-  const int* np = next.const_data_ptr<int>();
-  if (D % VEC == 0 && pack_aligned<T, VEC>(g) && pack_aligned<T, VEC>(o)) {
-    const RowLaunch l = row_launch(M, D / VEC);
-    scatter_dest_kernel<T, VEC><<<l.grid, l.block, 0, stream>>>(g, hp, np, o, M, D / VEC);
-  } else {
-    const RowLaunch l = row_launch(M, D);
-    scatter_dest_kernel<T, 1><<<l.grid, l.block, 0, stream>>>(g, hp, np, o, M, D);
+  switch (grad.scalar_type()) {
+    case at::kFloat: launch_scatter_dest<float>(grad, head, next, out); break;
+    case at::kBFloat16: launch_scatter_dest<__nv_bfloat16>(grad, head, next, out); break;
+    case at::kHalf: launch_scatter_dest<__half>(grad, head, next, out); break;
+    default: TORCH_CHECK_VALUE(false, "indexed_gather_add_backward: unsupported dtype ", grad.scalar_type());
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
 }
 
-at::Tensor masked_gather_backward_cuda(const at::Tensor& grad, const at::Tensor& rows, int64_t batch,
-                                       int64_t num_tokens, bool unique) {
-  check_gather_backward_args(grad, rows, batch, num_tokens);
+at::Tensor indexed_gather_add_backward_cuda(const at::Tensor& grad, const at::Tensor& src_rows, int64_t num_src_rows,
+                                            bool unique_rows) {
+  check_indexed_gather_backward_args(grad, src_rows, num_src_rows);
   const c10::cuda::CUDAGuard guard(grad.device());
-  switch (grad.scalar_type()) {
-    case at::kFloat: return backward_typed<float>(grad, rows, batch, num_tokens, unique);
-    case at::kBFloat16: return backward_typed<__nv_bfloat16>(grad, rows, batch, num_tokens, unique);
-    case at::kHalf: return backward_typed<__half>(grad, rows, batch, num_tokens, unique);
-    default: TORCH_CHECK_VALUE(false, "masked_gather_backward: unsupported dtype ", grad.scalar_type());
+  if (unique_rows) {
+    at::Tensor out = at::empty({num_src_rows, grad.size(1)}, grad.options());
+    if (num_src_rows > 0 && grad.size(1) > 0) launch_backward_unique(grad, src_rows, out);
+    return out;
   }
+  at::Tensor acc = at::zeros({num_src_rows, grad.size(1)}, grad.options().dtype(at::kFloat));
+  if (src_rows.size(0) > 0 && grad.size(1) > 0 && num_src_rows > 0) {
+    switch (grad.scalar_type()) {
+      case at::kFloat: launch_backward<float>(grad, src_rows, acc); break;
+      case at::kBFloat16: launch_backward<__nv_bfloat16>(grad, src_rows, acc); break;
+      case at::kHalf: launch_backward<__half>(grad, src_rows, acc); break;
+      default: TORCH_CHECK_VALUE(false, "indexed_gather_add_backward: unsupported dtype ", grad.scalar_type());
+    }
+  }
+  return grad.scalar_type() == at::kFloat ? acc : acc.to(grad.scalar_type());
 }
 
 }  // namespace
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(vjepa_fast, CUDA, m) {
-  m.impl("masked_gather", &cuda::masked_gather_cuda);
-  m.impl("masked_gather_backward", &cuda::masked_gather_backward_cuda);
+  m.impl("indexed_gather_add", &cuda::indexed_gather_add_cuda);
+  m.impl("indexed_gather_add_backward", &cuda::indexed_gather_add_backward_cuda);
 }
 
 }  // namespace vjepa_fast

@@ -9,18 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Without a GPU the Triton kernels run under the interpreter, which Triton reads when it is first imported and when
-# each kernel is defined: set it before anything imports triton.
+# Without a GPU the Triton kernels run under the interpreter: vjepa_fast reads TRITON_INTERPRET once, when it is
+# imported (ops/_backend.py), and builds every kernel in that mode (ops/_triton.py), so set it before that.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-# Tests that run Triton kernels under the interpreter go first: once inductor has compiled a graph in this process,
-# interpreted kernels can fail with "Cannot call @triton.jit'd outside of the scope of a kernel".
-TRITON_INTERPRETER_FILES = ("test_attention.py", "test_l1_loss.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: 0 if item.path.name in TRITON_INTERPRETER_FILES else 1)
 
 
 @pytest.fixture
@@ -44,5 +36,15 @@ def force_backend(op: str, name: str, monkeypatch) -> str:
         if not torch.cuda.is_available():
             pytest.skip("needs CUDA")
         assert _ext.has_cuda_kernels(), "CUDA is available but vjepa_fast._C has no CUDA kernels"
-    monkeypatch.setenv(f"VJEPA_FAST_{op.upper()}_BACKEND", name)
+    set_backend_for_test(op, name, monkeypatch)
     return name
+
+
+def set_backend_for_test(op: str, name: str, monkeypatch) -> None:
+    """Force `name` for `op` until the test ends (the op's forced choice and its cache are restored then)."""
+    from vjepa_fast.ops import _backend
+
+    registered = _backend._op(op)
+    monkeypatch.setattr(registered, "forced", registered.forced)
+    monkeypatch.setattr(registered, "chosen", {})
+    registered.force(name)

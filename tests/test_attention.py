@@ -1,12 +1,11 @@
 """Variable-length attention: the Triton kernels and every backend against an fp64 truth.
 
-Rule (DESIGN.md): a fast path may be at most twice as far from the fp64 reference as the reference itself computed in
-the same dtype, plus a small absolute slack of a few ulps of the output's scale.
+Rule (docs/testing.md): a fast path may be at most twice as far from the fp64 truth as the plain definition itself
+computed in the same dtype, plus a small absolute slack of a few ulps of the output's scale.
 
-Without CUDA the Triton kernels run under the interpreter. Triton reads TRITON_INTERPRET when a kernel is decorated,
-and vjepa_fast.ops.triton_flash_varlen (the only module with kernels here) is imported lazily by the first triton
-call, so setting the variable here, before any test runs, is enough even if other modules imported triton already.
-With CUDA the same tests run the compiled kernels on the GPU, plus the `gpu` tests at realistic bf16 sizes.
+Without CUDA the Triton kernels run under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before vjepa_fast
+is imported; ops/_triton.py builds every kernel in that mode). With CUDA the same tests run the compiled kernels on
+the GPU, plus the `gpu` tests at realistic bf16 sizes.
 """
 import ctypes
 import glob
@@ -19,8 +18,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from conftest import set_backend_for_test  # noqa: E402
+from kernel_hooks import attention_backward, poison_outputs  # noqa: E402
 
-from vjepa_fast.ops import _backend  # noqa: E402
+from vjepa_fast.ops import _backend, _triton  # noqa: E402
 from vjepa_fast.ops import attention as A  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,9 +31,7 @@ LENS = [1, 7, 64, 0, 100, 300]  # straddles the 16/32/64-row blocks; 0 is an emp
 
 
 def _kernels():
-    from vjepa_fast.ops import triton_flash_varlen
-
-    return triton_flash_varlen
+    return _triton.load("triton_flash_varlen")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,11 +52,9 @@ def _one_blas_thread():
 
 
 @pytest.fixture
-def triton_backend():
-    _backend.set_backend(A.OP, "triton")
-    _backend.set_backend(A.DENSE_OP, None)
-    yield
-    _backend.set_backend(A.OP, None)
+def triton_backend(monkeypatch):
+    set_backend_for_test(A.OP, "triton", monkeypatch)
+    set_backend_for_test(A.DENSE_OP, "auto", monkeypatch)
 
 
 def _batch(lens, H, Dh, dtype, seed, device=DEVICE):
@@ -95,20 +92,10 @@ def _assert_rule(name, fast, same, truth):
 
 
 def _run_triton(qkv, cu, max_seqlen, dout, deterministic=False):
-    """deterministic=False runs the atomic-dQ backward (VJEPA_FAST_FLASH_BWD=atomic), True the split one (also the
+    """deterministic=False runs the atomic-dQ backward (backends.attention_backward=atomic), True the split one (also the
     default), so the tests that take both cover both kernels."""
-    tfv = _kernels()
-    old = os.environ.get(tfv.BWD_ENV)
-    os.environ[tfv.BWD_ENV] = "split" if deterministic else "atomic"
-    try:
-        with tfv.poison_outputs():
-            return _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_seqlen, deterministic=deterministic), qkv,
-                            dout)
-    finally:
-        if old is None:
-            os.environ.pop(tfv.BWD_ENV)
-        else:
-            os.environ[tfv.BWD_ENV] = old
+    with attention_backward("split" if deterministic else "atomic"), poison_outputs():
+        return _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_seqlen, deterministic=deterministic), qkv, dout)
 
 
 # ---------------------------------------------------------------------------------------------- correctness
@@ -128,19 +115,20 @@ def test_forward_backward_match_fp64(triton_backend, Dh, dtype):
 
 def test_default_backward_is_split(triton_backend, monkeypatch):
     """With no setting the backward takes the split (deterministic) path: bitwise equal to deterministic=True.
-    A bad VJEPA_FAST_FLASH_BWD is a clear error, not a silent fallback."""
+    A bad mode is a clear error, not a silent fallback."""
     tfv = _kernels()
-    monkeypatch.delenv(tfv.BWD_ENV, raising=False)
+    monkeypatch.setattr(_backend, "ENV", {})  # no VJEPA_FAST_FLASH_BWD
+    monkeypatch.setattr(_backend, "attention_backward", _backend.attention_backward)
+    _backend.set_attention_backward("auto")
     assert tfv.backward_mode() == "split" and tfv.backward_mode(True) == "split"
     qkv, cu, max_len, dout = _batch([5, 40, 0, 17], 2, 24, torch.float32, seed=11)
     _, d_default = _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_len), qkv, dout)
     _, d_det = _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_len, deterministic=True), qkv, dout)
     assert torch.equal(d_default, d_det)
-    monkeypatch.setenv(tfv.BWD_ENV, "atomic")
+    _backend.set_attention_backward("atomic")
     assert tfv.backward_mode() == "atomic" and tfv.backward_mode(True) == "split"
-    monkeypatch.setenv(tfv.BWD_ENV, "fast")
-    with pytest.raises(ValueError, match="VJEPA_FAST_FLASH_BWD"):
-        tfv.backward_mode()
+    with pytest.raises(ValueError, match="attention_backward='fast': expected one of split, atomic"):
+        _backend.set_attention_backward("fast")
 
 
 def test_deterministic_backward(triton_backend):
@@ -179,7 +167,7 @@ def test_max_seqlen_too_small_is_only_slower():
     tfv = _kernels()
     qkv, cu, _, dout = _batch([40, 3, 21], 1, 24, torch.float32, seed=6)
     cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "MAX_PROGRAMS": None}
-    with tfv.block_sizes(fwd=cfg, dkdv=cfg, dq=cfg), tfv.poison_outputs():
+    with tfv.block_sizes(fwd=cfg, dkdv=cfg, dq=cfg), poison_outputs():
         out, dqkv = _fwd_bwd(lambda x: tfv.flash_varlen_attention(x, cu, 1, deterministic=True), qkv, dout)
     truth_out, truth_d = _ref(qkv, cu, dout)
     same_out, same_d = _ref(qkv, cu, dout, torch.float32)
@@ -198,7 +186,7 @@ def test_strided_qkv_from_projection(triton_backend):
     for make in (lambda: (x @ w.t()).view(T, 3, H, Dh), lambda: wide[..., 2:Dh + 2]):
         view = make()
         assert view.stride(-1) == 1
-        with _kernels().poison_outputs():
+        with poison_outputs():
             base = view.detach().requires_grad_(True)
             out = A.varlen_attention(base, cu, 89)
             out.backward(dout)
@@ -256,33 +244,50 @@ def test_dense_path(dense):
 # ---------------------------------------------------------------------------------------------- dispatch, errors
 
 
+def _choice(op, qkv) -> str:
+    return _backend._op(op).choose(A.backend_key(qkv)).name
+
+
 def test_backend_choice(monkeypatch):
     qkv, cu, max_len, _ = _batch([3, 4], 2, 24, torch.float32, seed=11)
-    assert A._choose(A.OP, A._VARLEN, qkv) == ("triton" if DEVICE == "cuda" else "sdpa_padded")
+    assert _choice(A.OP, qkv) == ("triton" if DEVICE == "cuda" else "sdpa_padded")
     # dense: SDPA for fp32 and on the CPU; our kernel only for 16-bit CUDA tensors, where it measured faster
-    assert A._choose(A.DENSE_OP, A._DENSE, qkv) == "sdpa"
-    assert A._choose(A.DENSE_OP, A._DENSE, qkv.half()) == ("triton" if DEVICE == "cuda" else "sdpa")
-    monkeypatch.setenv("VJEPA_FAST_ATTENTION_BACKEND", "triton")
-    assert A._choose(A.OP, A._VARLEN, qkv) == "triton"
+    assert _choice(A.DENSE_OP, qkv) == "sdpa"
+    assert _choice(A.DENSE_OP, qkv.half()) == ("triton" if DEVICE == "cuda" else "sdpa")
+    set_backend_for_test(A.OP, "triton", monkeypatch)
+    assert _choice(A.OP, qkv) == "triton"
     if DEVICE == "cpu":
         with pytest.raises(RuntimeError, match="float32/float16"):  # the interpreter has no bf16 dot
             A.varlen_attention(qkv.bfloat16(), cu, max_len)
-        monkeypatch.delenv("TRITON_INTERPRET")
+        monkeypatch.setattr(_backend, "INTERPRET", False)  # as if TRITON_INTERPRET was unset at import
+        monkeypatch.setattr(_backend._op(A.OP), "chosen", {})
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             A.varlen_attention(qkv, cu, max_len)
+        monkeypatch.undo()
+        set_backend_for_test(A.OP, "triton", monkeypatch)
     with pytest.raises(RuntimeError, match="head dim 136"):
         A.varlen_attention(torch.randn(7, 3, 2, 136, device=DEVICE), cu, max_len)
     for name, module in (("flash_attn", "flash_attn"), ("xformers", "xformers")):
-        monkeypatch.setenv("VJEPA_FAST_ATTENTION_BACKEND", name)
+        set_backend_for_test(A.OP, name, monkeypatch)
         if not A._INSTALLED[module]:
             with pytest.raises(RuntimeError, match="not installed"):
                 A.varlen_attention(qkv, cu, max_len)
-    monkeypatch.setenv("VJEPA_FAST_ATTENTION_BACKEND", "torch_varlen")
+    set_backend_for_test(A.OP, "torch_varlen", monkeypatch)
     with pytest.raises(RuntimeError, match="CUDA|float16|not available"):
         A.varlen_attention(qkv.cpu(), cu.cpu(), max_len)  # CPU (or fp32 on GPU): never runs
-    monkeypatch.setenv("VJEPA_FAST_ATTENTION_BACKEND", "nonesuch")
-    with pytest.raises(ValueError, match="unknown backend"):
-        A.varlen_attention(qkv, cu, max_len)
+    with pytest.raises(ValueError, match="unknown backend 'nonesuch'; choose one of auto, triton, flash_attn"):
+        _backend.set_backend(A.OP, "nonesuch")
+
+
+def test_empty_batch_on_every_cpu_path(monkeypatch):
+    """T = 0 (no tokens at all) is an empty result and an empty gradient on every backend that runs here."""
+    for name in ("sdpa_padded", "reference") + (("triton",) if _backend.INTERPRET else ()):
+        set_backend_for_test(A.OP, name, monkeypatch)
+        qkv = torch.randn(0, 3, 2, 8, device=DEVICE, requires_grad=True)
+        out = A.varlen_attention(qkv, torch.zeros(3, dtype=torch.int32, device=DEVICE), 0)
+        assert out.shape == (0, 2, 8), name
+        out.sum().backward()
+        assert qkv.grad.shape == qkv.shape, name
 
 
 def test_validation_errors():
@@ -376,7 +381,7 @@ def test_gpu_opcheck_triton_op():
 
 
 def test_tuned_block_size_table(tmp_path, monkeypatch):
-    """A measured table (VJEPA_FAST_FLASH_TUNING or the packaged file) wins over the built-in defaults for its
+    """A measured table (backends.attention_tuning or the packaged file) wins over the built-in defaults for its
     architecture and head-dim class only; bad files and bad entries warn and fall back, never crash a run."""
     import json
 
@@ -385,25 +390,25 @@ def test_tuned_block_size_table(tmp_path, monkeypatch):
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps({"sm_90": {"fwd": {"64": tuned, "32": {"BLOCK_M": 48, "BLOCK_N": 32}}},
                                 "_meta": {"device": "x"}}))
-    monkeypatch.setenv(tfv.TUNING_ENV, str(path))
     tfv._tuned_tables.cache_clear()
-    assert tfv._tuned_config("fwd", 64, "sm_90") == tuned
+    assert tfv._tuned_config("fwd", 64, "sm_90", str(path)) == tuned
     assert tfv._cached_config("fwd", 64, torch.bfloat16, "sm_90", False, str(path)) == tuned
-    assert tfv._tuned_config("fwd", 64, "sm_80") is None  # another architecture: defaults
-    assert tfv._tuned_config("dq", 64, "sm_90") is None  # another kernel
+    assert tfv._tuned_config("fwd", 64, "sm_80", str(path)) is None  # another architecture: defaults
+    assert tfv._tuned_config("dq", 64, "sm_90", str(path)) is None  # another kernel
+    assert tfv._cached_config("dq", 64, torch.bfloat16, "sm_80", False, str(path)) == tfv._gpu_config(
+        "dq", 64, torch.bfloat16) == tfv._tuned_config("dq", 64, tfv.FALLBACK_ARCH)  # the packaged fallback
     # fp32 is a correctness path: always the built-in entry
     assert tfv._cached_config("fwd", 64, torch.float32, "sm_90", False, str(path)) == \
         tfv._gpu_config("fwd", 64, torch.float32)
     with pytest.warns(RuntimeWarning, match="invalid entry"):  # 48 is not a power of two
-        assert tfv._tuned_config("fwd", 32, "sm_90") is None
+        assert tfv._tuned_config("fwd", 32, "sm_90", str(path)) is None
 
     path.write_text("{not json")
     tfv._tuned_tables.cache_clear()
     with pytest.warns(RuntimeWarning, match="ignoring block-size table"):
-        assert tfv._tuned_config("fwd", 64, "sm_90") is None
-    monkeypatch.setenv(tfv.TUNING_ENV, str(tmp_path / "missing.json"))
+        assert tfv._tuned_config("fwd", 64, "sm_90", str(path)) is None
     with pytest.warns(RuntimeWarning, match="ignoring block-size table"):
-        assert tfv._tuned_config("fwd", 64, "sm_90") is None
+        assert tfv._tuned_config("fwd", 64, "sm_90", str(tmp_path / "missing.json")) is None
     tfv._tuned_tables.cache_clear()
     tfv._cached_config.cache_clear()
 

@@ -2,7 +2,7 @@
 import zlib
 
 import pytest
-from conftest import force_backend
+from conftest import force_backend, set_backend_for_test
 import torch
 
 from vjepa_fast import _ext
@@ -87,7 +87,7 @@ def test_unsupported_dtypes_fall_back_or_fail_clearly(monkeypatch):
         atol = 2 * torch.finfo(t.dtype).eps
         torch.testing.assert_close(t, r, atol=atol, rtol=atol)
     if _ext.load():
-        monkeypatch.setenv("VJEPA_FAST_EMA_BACKEND", "cpu")
+        set_backend_for_test("ema", "cpu", monkeypatch)
         with pytest.raises(RuntimeError, match="fp32 targets"):
             ema_update_(targets, sources, 0.9)
         with pytest.raises(ValueError, match="targets must be fp32"):
@@ -184,3 +184,13 @@ def test_cuda_many_tensors_one_call(backend):
     targets, sources = _lists((torch.float32, torch.bfloat16), device="cuda", sizes=sizes)
     _check(targets, sources, 0.9995)
     torch.library.opcheck(torch.ops.vjepa_fast.ema_update_.default, (targets[:5], sources[:5], 0.9))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "foreach", "reference"], indirect=True)
+def test_target_aliasing_its_source_keeps_it(backend):
+    """A target that is its own source (the EMA of a tensor with itself) stays as it was, on every backend."""
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randn(257, generator=gen)
+    want = t.clone()
+    ema_update_([t], [t], 0.9)
+    torch.testing.assert_close(t, want, rtol=2 * torch.finfo(t.dtype).eps, atol=0)

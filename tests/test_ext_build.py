@@ -11,13 +11,10 @@ import vjepa_fast
 from vjepa_fast import _ext
 
 SCHEMAS = {
-    "masked_gather": "vjepa_fast::masked_gather(Tensor tokens, Tensor? pos, Tensor rows, bool unique_rows=True) -> Tensor",
-    "masked_gather_backward": "vjepa_fast::masked_gather_backward(Tensor grad, Tensor rows, int batch, int num_tokens, "
-                              "bool unique) -> Tensor",
-    "indexed_gather_add": "vjepa_fast::indexed_gather_add(Tensor src, Tensor src_rows, Tensor? pos, Tensor pos_rows) "
-                          "-> Tensor",
+    "indexed_gather_add": "vjepa_fast::indexed_gather_add(Tensor src, Tensor src_rows, Tensor? pos, Tensor pos_rows, "
+                          "bool unique_rows=False) -> Tensor",
     "indexed_gather_add_backward": "vjepa_fast::indexed_gather_add_backward(Tensor grad, Tensor src_rows, "
-                                   "int num_src_rows) -> Tensor",
+                                   "int num_src_rows, bool unique_rows) -> Tensor",
     "ema_update_": "vjepa_fast::ema_update_(Tensor(a!)[] targets, Tensor[] sources, float momentum) -> ()",
 }
 

@@ -1,4 +1,6 @@
-"""masked_gather: the C++ CPU kernel (and on a GPU the CUDA kernel) against the reference, forward and gradient."""
+"""indexed_gather_add, the one gather op: the C++ CPU kernel (and on a GPU the CUDA kernel) against the plain
+definition and an fp64 truth, forward and gradient, in its two uses (the context encoder's masked tokens with the
+unique-rows backward, the predictor's layout with the accumulating backward) and on its own."""
 import zlib
 
 import pytest
@@ -6,7 +8,7 @@ from conftest import force_backend
 import torch
 
 from vjepa_fast import _ext
-from vjepa_fast.ops.gather import masked_gather, masked_gather_reference
+from vjepa_fast.ops.gather import indexed_gather_add, indexed_gather_add_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, N, D): a single sample, primes, D = 1, odd D (general path), D a multiple of 8 (vectorised path), D = 1000.
@@ -17,6 +19,17 @@ SHAPES = [(1, 7, 1), (2, 13, 7), (3, 11, 64), (2, 17, 96), (1, 5, 1000)]
 def backend(request, monkeypatch):
     """Force the gather backend named by the test's parameter (the extension must be built unless opted out)."""
     return force_backend("gather", request.param, monkeypatch)
+
+
+def masked_gather(tokens, pos, rows, check_range=None, unique_rows=True):
+    """The context encoder's use (models/vit.py): token rows b * N + n of tokens [B, N, D] plus position rows n."""
+    B, N, D = tokens.shape
+    return indexed_gather_add(tokens.reshape(B * N, D), rows, pos, rows % N, check_range, unique_rows)
+
+
+def masked_gather_reference(tokens, pos, rows):
+    B, N, D = tokens.shape
+    return indexed_gather_add_reference(tokens.reshape(B * N, D), rows, pos, None if pos is None else rows % N)
 
 
 def _seed(*key):
@@ -39,7 +52,7 @@ def _err(x, exact):
 
 def _assert_2x(fast, ref, exact, what):
     """The fast path at most twice as far from the fp64 result as the reference in the same dtype, plus four ulps of
-    the result's scale (DESIGN.md): summed gradients (a shared position row) are added in a different order, and a
+    the result's scale (docs/testing.md): summed gradients (a shared position row) are added in a different order, and a
     reference that happens to land within an ulp must not make one ulp of the fast path a failure."""
     assert fast.shape == ref.shape and fast.dtype == ref.dtype
     assert torch.isfinite(fast).all(), f"{what}: non-finite values"
@@ -126,10 +139,11 @@ def test_empty_rows(backend):
     (g,) = torch.autograd.grad(out.sum() + 0 * t.sum(), t)
     assert torch.equal(g, torch.zeros_like(t))
     # The backward op itself must write zeros everywhere (it does not start from a zeroed buffer).
-    for unique in (True, False):
-        grad = torch.ops.vjepa_fast.masked_gather_backward(torch.empty(0, 7), torch.empty(0, dtype=torch.long),
-                                                            2, 5, unique)
-        assert torch.equal(grad, torch.zeros(2, 5, 7))
+    if backend == "cpu":
+        for unique in (True, False):
+            grad = torch.ops.vjepa_fast.indexed_gather_add_backward(torch.empty(0, 7), torch.empty(0, dtype=torch.long),
+                                                                    10, unique)
+            assert torch.equal(grad, torch.zeros(10, 7))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
@@ -147,33 +161,15 @@ def test_out_of_range_rows_raise(backend):
 def test_ops_check_range_themselves():
     if not _ext.load():
         pytest.skip("extension not built")
-    tokens = torch.randn(2, 5, 8)
+    src = torch.randn(10, 8)
+    op, bwd = torch.ops.vjepa_fast.indexed_gather_add, torch.ops.vjepa_fast.indexed_gather_add_backward
     with pytest.raises(IndexError, match="out of range"):
-        torch.ops.vjepa_fast.masked_gather(tokens, None, torch.tensor([0, 10]))
-    with pytest.raises(IndexError, match="out of range"):
-        torch.ops.vjepa_fast.masked_gather_backward(torch.randn(2, 8), torch.tensor([0, -1]), 2, 5, True)
+        op(src, torch.tensor([0, 10]), None, torch.tensor([0, 10]), True)
+    for unique in (True, False):
+        with pytest.raises(IndexError, match="out of range"):
+            bwd(torch.randn(2, 8), torch.tensor([0, -1]), 10, unique)
     with pytest.raises(ValueError, match="contiguous"):
-        torch.ops.vjepa_fast.masked_gather(tokens.transpose(0, 1), None, torch.tensor([0]))
-
-
-@pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
-def test_bad_inputs_raise_clear_errors(backend):
-    tokens, pos = _inputs(2, 5, 8, torch.bfloat16, "same")
-    rows = torch.tensor([1, 2])
-    with pytest.raises(ValueError, match="tokens must be"):
-        masked_gather(tokens.int(), None, rows)
-    with pytest.raises(ValueError, match="tokens must be"):
-        masked_gather(tokens[0], None, rows)
-    with pytest.raises(ValueError, match="pos must be"):
-        masked_gather(tokens, pos[:4], rows)
-    with pytest.raises(ValueError, match="pos must have"):
-        masked_gather(tokens, pos.half(), rows)
-    with pytest.raises(ValueError, match="rows must be"):
-        masked_gather(tokens, pos, rows.float())
-    with pytest.raises(ValueError, match="no gradient"):
-        masked_gather(tokens, pos.float().requires_grad_(True), rows)
-    with torch.no_grad():  # fine when autograd is not recording
-        masked_gather(tokens, pos.float().requires_grad_(True), rows)
+        op(torch.randn(8, 10).t(), torch.tensor([0]), None, torch.tensor([0]), True)
 
 
 @pytest.mark.parametrize("backend", ["cpu"], indirect=True)
@@ -203,14 +199,14 @@ def test_double_backward(backend):
 @pytest.mark.parametrize("backend", ["cpu"], indirect=True)
 @pytest.mark.parametrize("with_pos", [True, False])
 def test_opcheck(backend, with_pos):
-    tokens = torch.randn(2, 7, 12, requires_grad=True)
+    tokens = torch.randn(14, 12, requires_grad=True)
     pos = torch.randn(7, 12) if with_pos else None
     rows = torch.tensor([3, 0, 13, 3, 8])
-    torch.library.opcheck(torch.ops.vjepa_fast.masked_gather.default, (tokens, pos, rows, True))
-    torch.library.opcheck(torch.ops.vjepa_fast.masked_gather.default, (tokens.bfloat16(), pos, rows, False))
+    op = torch.ops.vjepa_fast.indexed_gather_add.default
+    torch.library.opcheck(op, (tokens, rows, pos, rows % 7, True))
+    torch.library.opcheck(op, (tokens.detach().bfloat16().requires_grad_(True), rows, pos, rows % 7, True))
     grad = torch.randn(5, 12, requires_grad=True)
-    torch.library.opcheck(torch.ops.vjepa_fast.masked_gather_backward.default, (grad, rows, 2, 7, True))
-    torch.library.opcheck(torch.ops.vjepa_fast.masked_gather_backward.default, (grad.detach(), rows, 2, 7, False))
+    torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add_backward.default, (grad, rows, 14, True))
 
 
 @pytest.mark.parametrize("backend", ["cpu"], indirect=True)
@@ -287,13 +283,14 @@ def test_cuda_empty_and_opcheck(backend):
     pos = torch.randn(7, 16, device="cuda")
     assert masked_gather(tokens, pos, torch.empty(0, dtype=torch.long, device="cuda")).shape == (0, 16)
     for unique in (True, False):
-        grad = torch.ops.vjepa_fast.masked_gather_backward(
-            torch.empty(0, 16, device="cuda"), torch.empty(0, dtype=torch.long, device="cuda"), 2, 7, unique)
-        assert torch.equal(grad, torch.zeros(2, 7, 16, device="cuda"))
+        grad = torch.ops.vjepa_fast.indexed_gather_add_backward(
+            torch.empty(0, 16, device="cuda"), torch.empty(0, dtype=torch.long, device="cuda"), 14, unique)
+        assert torch.equal(grad, torch.zeros(14, 16, device="cuda"))
     rows = torch.tensor([3, 0, 13, 3, 8], device="cuda")
-    torch.library.opcheck(torch.ops.vjepa_fast.masked_gather.default, (tokens, pos, rows, True))
-    torch.library.opcheck(torch.ops.vjepa_fast.masked_gather_backward.default,
-                          (torch.randn(5, 16, device="cuda"), rows, 2, 7, True))
+    flat = tokens.detach().reshape(14, 16).requires_grad_(True)
+    torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add.default, (flat, rows, pos, rows % 7, True))
+    torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add_backward.default,
+                          (torch.randn(5, 16, device="cuda"), rows, 14, True))
 
 
 def test_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error():
@@ -306,15 +303,13 @@ def test_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error():
     assert torch.equal(masked_gather(tokens, pos, rows), masked_gather_reference(tokens, pos, rows))
     _backend.set_backend("gather", "cpu")
     try:
-        with pytest.raises(RuntimeError, match="fp64"):
+        with pytest.raises(RuntimeError, match="forced but cannot run.*float64"):
             masked_gather(tokens, pos, rows)
     finally:
         _backend.set_backend("gather", None)
 
 
-# ---- indexed_gather_add: out[r] = src[src_rows[r]] + pos[pos_rows[r]] (the predictor's layout step) ----------------
-
-from vjepa_fast.ops.gather import indexed_gather_add, indexed_gather_add_reference  # noqa: E402
+# ---- the op on its own: out[r] = src[src_rows[r]] + pos[pos_rows[r]] (and the predictor's layout step) ------------
 
 # (S, P, R, D): one row, primes, D = 1, odd D (general path), D a multiple of 8 (vectorised path), R = 0, large D.
 IG_SHAPES = [(1, 1, 1, 1), (7, 5, 13, 7), (11, 13, 37, 64), (3, 17, 50, 96), (4, 3, 0, 8), (5, 2, 9, 1000)]
@@ -407,12 +402,13 @@ def test_indexed_backward_is_deterministic(backend):
     gen = torch.Generator().manual_seed(_seed("det"))
     grad = torch.randn(3000, 130, generator=gen)
     rows = torch.randint(0, 4, (3000,), generator=gen)
-    a = torch.ops.vjepa_fast.indexed_gather_add_backward(grad, rows, 6)
+    a = torch.ops.vjepa_fast.indexed_gather_add_backward(grad, rows, 6, False)
     for threads in (1, 2):
         old = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            assert torch.equal(torch.ops.vjepa_fast.indexed_gather_add_backward(grad, rows, 6), a)
+            assert torch.equal(torch.ops.vjepa_fast.indexed_gather_add_backward(grad, rows, 6, False), a)
+            assert torch.equal(torch.ops.vjepa_fast.indexed_gather_add_backward(grad, rows, 6, True), a)
         finally:
             torch.set_num_threads(old)
     assert torch.equal(a[4:], torch.zeros(2, 130))
@@ -441,8 +437,9 @@ def test_indexed_empty(backend):
     # An empty src with no rows is fine too; the backward op writes zeros for every source row.
     assert indexed_gather_add(torch.randn(0, 6), empty, None, None).shape == (0, 6)
     if backend == "cpu":
-        grad = torch.ops.vjepa_fast.indexed_gather_add_backward(torch.empty(0, 6), empty, 4)
-        assert torch.equal(grad, torch.zeros(4, 6))
+        for unique in (True, False):
+            grad = torch.ops.vjepa_fast.indexed_gather_add_backward(torch.empty(0, 6), empty, 4, unique)
+            assert torch.equal(grad, torch.zeros(4, 6))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
@@ -468,15 +465,15 @@ def test_indexed_ops_check_arguments_themselves():
     with pytest.raises(IndexError, match="pos_rows index 4 at position 1 is out of range"):
         op(src, rows, pos, rows)
     with pytest.raises(IndexError, match="out of range"):
-        bwd(torch.randn(2, 8), torch.tensor([0, 5]), 5)
+        bwd(torch.randn(2, 8), torch.tensor([0, 5]), 5, False)
     with pytest.raises(ValueError, match="contiguous"):
         op(torch.randn(8, 5).t(), rows, None, rows)
     with pytest.raises(ValueError, match="pos_rows"):
         op(src, rows, pos, torch.tensor([0]))
     with pytest.raises(ValueError, match="num_src_rows"):
-        bwd(torch.randn(2, 8), rows, -1)
+        bwd(torch.randn(2, 8), rows, -1, False)
     with pytest.raises(ValueError, match="grad has"):
-        bwd(torch.randn(3, 8), rows, 5)
+        bwd(torch.randn(3, 8), rows, 5, False)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"], indirect=True)
@@ -520,7 +517,7 @@ def test_indexed_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error():
                        indexed_gather_add_reference(src, src_rows, pos, pos_rows))
     _backend.set_backend("gather", "cpu")
     try:
-        with pytest.raises(RuntimeError, match="fp64"):
+        with pytest.raises(RuntimeError, match="forced but cannot run.*float64"):
             indexed_gather_add(src, src_rows, pos, pos_rows)
     finally:
         _backend.set_backend("gather", None)
@@ -548,7 +545,8 @@ def test_indexed_opcheck(backend, with_pos):
     torch.library.opcheck(op, (src, src_rows, pos, pos_rows))
     torch.library.opcheck(op, (src.detach().bfloat16().requires_grad_(True), src_rows, pos, pos_rows))
     grad = torch.randn(5, 12, requires_grad=True)
-    torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add_backward.default, (grad, src_rows, 6))
+    for unique in (True, False):
+        torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add_backward.default, (grad, src_rows, 6, unique))
 
 
 @pytest.mark.parametrize("backend", ["cpu"], indirect=True)
@@ -614,13 +612,13 @@ def test_indexed_cuda_out_of_range_empty_and_opcheck(backend):
     torch.testing.assert_close(out[good], indexed_gather_add_reference(src, src_rows[good], pos, pos_rows[good]))
     empty = torch.empty(0, dtype=torch.long, device="cuda")
     assert indexed_gather_add(src, empty, pos, empty).shape == (0, 8)
-    assert torch.equal(torch.ops.vjepa_fast.indexed_gather_add_backward(torch.empty(0, 8, device="cuda"), empty, 5),
-                       torch.zeros(5, 8, device="cuda"))
+    assert torch.equal(torch.ops.vjepa_fast.indexed_gather_add_backward(torch.empty(0, 8, device="cuda"), empty, 5,
+                                                                        False), torch.zeros(5, 8, device="cuda"))
     s = src.clone().requires_grad_(True)
     rows = torch.tensor([3, 0, 4, 3, 3], device="cuda")
     torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add.default, (s, rows, pos, rows % 3))
     torch.library.opcheck(torch.ops.vjepa_fast.indexed_gather_add_backward.default,
-                          (torch.randn(5, 8, device="cuda"), rows, 5))
+                          (torch.randn(5, 8, device="cuda"), rows, 5, False))
 
 
 @pytest.mark.parametrize("backend", ["cpu"], indirect=True)

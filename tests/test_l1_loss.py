@@ -1,8 +1,7 @@
-"""Fused L1 target loss: the Triton path against an fp64 truth, with the reference as the yardstick.
+"""Fused L1 target loss: the Triton path against an fp64 truth, with the plain definition as the yardstick.
 
-Without CUDA the kernel runs under the Triton interpreter. The variable must be set before the kernel is built; the op
-builds it lazily on first use, so setting it here (before any test runs) is enough even when other test modules have
-already imported triton. With CUDA the same tests run the compiled kernel on the GPU.
+Without CUDA the kernel runs under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before vjepa_fast
+is imported; ops/_triton.py builds the kernel in that mode). With CUDA the same tests run the compiled kernel on the GPU.
 """
 import os
 import subprocess
@@ -17,7 +16,9 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from vjepa_fast.ops import _backend  # noqa: E402
+from conftest import set_backend_for_test  # noqa: E402
+
+from vjepa_fast.ops import _backend, _triton  # noqa: E402
 from vjepa_fast.ops import l1_loss as L  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,10 +28,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 @pytest.fixture
-def triton_backend():
-    _backend.set_backend(L.OP, "triton")
-    yield
-    _backend.set_backend(L.OP, None)
+def triton_backend(monkeypatch):
+    set_backend_for_test(L.OP, "triton", monkeypatch)
+
+
+def _kernel():
+    return _triton.load("triton_l1_loss")
 
 
 def _inputs(R, D, M, dtype=torch.float32, h_dtype=None, seed=0, rows_dtype=torch.int64):
@@ -97,11 +100,11 @@ def test_mixed_dtypes_and_int32_rows(triton_backend, z_dtype, h_dtype):
 @pytest.mark.parametrize("R,D", [(1, 1), (13, 7), (17, 96), (33, 257), (257, 1000)])
 def test_kernel_writes_every_element(R, D):
     """Poisoned buffers: any element or partial sum the kernel fails to write stays NaN."""
-    L._build()
+    K = _kernel()
     z, h, rows, w = _inputs(R, D, M=5, seed=R + 3 * D)
     sgn = torch.full_like(z, float("nan"))
-    partials = torch.full((L._num_programs(R, D),), float("nan"), device=z.device)
-    L._launch(z, h, rows, w, L.LN_EPS, sgn, partials)
+    partials = torch.full((K._num_programs(R, D),), float("nan"), device=z.device)
+    K._launch(z, h, rows, w, L.LN_EPS, sgn, partials)
     loss64, grad64, diff64 = _truth(z, h, rows, w)
     assert torch.isfinite(sgn).all() and torch.isfinite(partials).all()
     clear = diff64.abs() > 1e-4
@@ -176,27 +179,29 @@ def test_validation_errors(triton_backend):
         r[7] = bad
         with pytest.raises(IndexError, match="out of range"):
             L.l1_target_loss(z, h, r, w, check_range=True)
-    with pytest.raises(ValueError, match="D <= "):
+    with pytest.raises(RuntimeError, match="D <= "):
         big = torch.randn(1, L.MAX_D + 1, device=z.device)
         L.l1_target_loss(big, big, rows[:1] * 0, w[:1])
+    for eps in (-1.0, 0.0, float("nan"), float("inf")):  # LayerNorm's eps: <= 0 gives NaN for a constant row
+        with pytest.raises(ValueError, match="eps must be a positive"):
+            L.l1_target_loss(z, h, rows, w, eps=eps)
 
 
-def test_backend_choice():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert L._choose(cpu, 96) == "reference"  # the interpreter is never chosen automatically
-    assert L._choose(cuda, 96) == "triton"
-    assert L._choose(cuda, L.MAX_D + 1) == "reference"
-    _backend.set_backend(L.OP, "triton")
-    try:
-        if DEVICE == "cpu":
-            assert L._choose(cpu, 96) == "triton"  # forced: the interpreter is on in this module without CUDA
-        else:
-            with pytest.raises(RuntimeError, match="cannot run on cpu"):
-                L._choose(cpu, 96)
-        with pytest.raises(RuntimeError, match="cannot run on meta"):
-            L._choose(torch.device("meta"), 96)
-    finally:
-        _backend.set_backend(L.OP, None)
+def test_backend_choice(monkeypatch):
+    def choice(device, D):
+        return L.L1_LOSS.choose((device, D)).name
+
+    assert choice("cpu", 96) == "reference"  # the interpreter is never chosen automatically
+    assert choice("cuda", 96) == "triton"
+    assert choice("cuda", L.MAX_D + 1) == "reference"
+    set_backend_for_test(L.OP, "triton", monkeypatch)
+    if DEVICE == "cpu":
+        assert choice("cpu", 96) == "triton"  # forced: the interpreter is on in this process without CUDA
+    else:
+        with pytest.raises(RuntimeError, match="cannot run on"):
+            choice("cpu", 96)
+    with pytest.raises(RuntimeError, match="cannot run on .*meta"):
+        choice("meta", 96)
 
 
 def test_weights_and_target_get_no_gradient(triton_backend):
@@ -209,9 +214,10 @@ def test_weights_and_target_get_no_gradient(triton_backend):
 
 
 def test_opcheck():
-    L._build()
+    _kernel()
     z, h, rows, w = _inputs(13, 96, M=4, seed=9)
-    torch.library.opcheck(L._OP, (z.requires_grad_(True), h, rows, w, L.LN_EPS))
+    torch.library.opcheck(torch.ops.vjepa_fast.l1_target_loss_fwd.default, (z.requires_grad_(True), h, rows, w,
+                                                                           L.LN_EPS))
 
 
 def test_torch_compile_matches_eager(triton_backend):

@@ -46,7 +46,6 @@ class DataConfig:
     crop_size: int = 96
     frame_step: int = 4
     num_workers: int = 1
-    synthetic_length: int = 1_000_000
     max_error_fraction: float = 0.1  # stop when more than this fraction of samples failed to decode
     weights: tuple = ()  # relative sampling weight of each comma-separated source; () concatenates them
     decoder: str = "auto"  # auto (= pyav) / pyav / decord / torchcodec
@@ -98,6 +97,19 @@ class TrainConfig:
 
 
 @dataclass
+class BackendsConfig:
+    """Forced op backends ("auto": the registry's choice, or VJEPA_FAST_<OP>_BACKEND) and the attention kernels'
+    settings; docs/architecture.md, "Backends"."""
+    gather: str = "auto"
+    attention: str = "auto"
+    dense_attention: str = "auto"
+    l1_loss: str = "auto"
+    ema: str = "auto"
+    attention_backward: str = "auto"  # split / atomic ("auto": VJEPA_FAST_FLASH_BWD, else split)
+    attention_tuning: Optional[str] = None  # block-size table JSON (None: VJEPA_FAST_FLASH_TUNING, else packaged)
+
+
+@dataclass
 class Config:
     method: str = "vjepa"  # vjepa / videomae
     run_dir: str = "runs/tiny"
@@ -106,13 +118,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    backends: dict = field(default_factory=dict)  # op name -> backend ("auto" or e.g. "reference")
+    backends: BackendsConfig = field(default_factory=BackendsConfig)
 
 
 METHODS = ("vjepa", "videomae")
 SIZES = ("tiny", "small", "base", "large", "huge", "giant")
 PRECISIONS = ("auto", "bf16", "fp32")
-OPS = ("gather", "attention", "dense_attention", "l1_loss", "ema")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -306,9 +317,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError("masks.aspect_min: need 0 < aspect_min <= aspect_max")
     if not 0.0 < k.tube_ratio < 1.0:
         raise ConfigError("masks.tube_ratio: must be in (0, 1)")
-    for op, name in cfg.backends.items():
-        if op not in OPS:
-            raise ConfigError(f"backends.{op}: unknown op (one of {', '.join(OPS)})")
+    _validate_backends(cfg.backends)
+
+
+def _validate_backends(b: BackendsConfig) -> None:
+    from vjepa_fast.ops import _backend  # the registry knows each op's backends
+
+    for op in _backend.op_names():
+        name = getattr(b, op)
+        if name != "auto" and name not in _backend.backend_names(op):
+            raise ConfigError(f"backends.{op}: unknown backend {name!r} (one of auto, "
+                              f"{', '.join(_backend.backend_names(op))})")
+    if b.attention_backward not in ("auto", *_backend.ATTENTION_BACKWARD_MODES):
+        raise ConfigError(f"backends.attention_backward: must be one of auto, "
+                          f"{', '.join(_backend.ATTENTION_BACKWARD_MODES)}, got {b.attention_backward!r}")
+    if b.attention_tuning is not None and not Path(b.attention_tuning).is_file():
+        raise ConfigError(f"backends.attention_tuning: no such file {b.attention_tuning}")
 
 
 def to_dict(cfg: Config) -> dict:

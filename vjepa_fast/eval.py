@@ -452,8 +452,7 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None) -> di
     """Build, load, freeze, train the probe, measure; returns the result dict (what the JSON file holds)."""
     t_start = time.perf_counter()
     device = torch.device(e.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    for op, name in cfg.backends.items():
-        ops.set_backend(op, name)
+    ops.configure(cfg.backends)
     torch.manual_seed(e.seed)
     encoder = build_encoder(cfg)
     if ckpt_file is not None:

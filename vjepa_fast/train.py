@@ -84,8 +84,7 @@ class Trainer:
         self.cfg, self.di, self.device = cfg, di, di.device
         t = cfg.train
         torch.manual_seed(t.seed)  # identical initial weights on every rank (FSDP2 shards what each rank built)
-        for op, name in cfg.backends.items():
-            ops.set_backend(op, name)
+        ops.configure(cfg.backends)
         enable_nvtx(t.nvtx)
         ops._backend.set_check_indices(t.check_indices)
         self.model = build_model(cfg)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from vjepa_fast.models.pos_embed import Grid, interpolate_pos, sincos_3d
-from vjepa_fast.ops import masked_gather, varlen_attention
+from vjepa_fast.ops import indexed_gather_add, varlen_attention
 
 VIT_SIZES: dict[str, dict] = {
     "tiny": dict(embed_dim=96, depth=4, num_heads=4, mlp_ratio=4.0),
@@ -194,5 +194,6 @@ class VisionTransformer(nn.Module):
             return self.run_blocks(x, cu, N, uniform_len=N).reshape(B, N, D)
         if cu_seqlens is None or max_seqlen is None:
             raise ValueError("the packed path needs rows, cu_seqlens and max_seqlen together")
-        x = masked_gather(tokens, pos, rows)
+        # The context tokens: one gather-add of token rows b * N + n and position rows n.
+        x = indexed_gather_add(tokens.reshape(B * N, D), rows, pos, rows % N, unique_rows=True)
         return self.run_blocks(x, cu_seqlens, int(max_seqlen))

@@ -1,73 +1,177 @@
-"""Backend selection shared by every op.
+"""The one backend registry of the ops.
 
-Each op declares its backends in preference order with an availability check. The default is the first one
-available for the input's device; `VJEPA_FAST_<OP>_BACKEND` (or `set_backend`) forces one, and a forced backend
-that cannot run is an error that says why, never a silent fallback.
+Each op declares its backends once, fastest first, as `Backend(name, run, check)`. A check takes the op's *key*, a
+small hashable summary of the inputs (device type, dtype and whatever else the op's backends care about, such as
+the head dimension) and returns None when the backend can run on such inputs, else the reason it cannot. The
+choice is resolved once per (op, key) and cached, so an op's call path costs one dict lookup for it.
+
+Automatic choice takes the first backend whose check passes and whose `auto` check (if any: e.g. the Triton
+interpreter, which runs but is never picked on its own) passes too. A forced backend (`set_backend`, fed from the
+config's `backends` section) skips `auto`; if its check fails the call is an error that says why, never a silent
+fallback.
+
+Environment variables are read once, when this module is imported, as process defaults under the config:
+`VJEPA_FAST_<OP>_BACKEND`, `VJEPA_FAST_FLASH_BWD`, `VJEPA_FAST_FLASH_TUNING`, `VJEPA_FAST_CHECK_INDICES` and
+`TRITON_INTERPRET` (docs/architecture.md, "Backends"). Nothing on an op's call path reads the environment.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Hashable, Optional
 
 import torch
 
-# op name -> forced backend name (set from a config or a test); the environment variable wins over nothing else.
-_forced: dict[str, str] = {}
+TRUE = ("1", "true", "on", "yes")
 
-# A check returns None when the backend can run on that device, otherwise the reason it cannot.
-Check = Callable[[torch.device], Optional[str]]
+# The environment, once: later changes to os.environ do not reach the ops (set_backend / configure do).
+ENV: dict[str, str] = {k: v for k, v in os.environ.items() if k.startswith("VJEPA_FAST_") or k == "TRITON_INTERPRET"}
+INTERPRET = ENV.get("TRITON_INTERPRET", "0").strip().lower() in TRUE  # Triton kernels run on the CPU interpreter
 
-
-def set_backend(op: str, name: Optional[str]) -> None:
-    """Force `name` for `op` in this process (None returns to automatic choice)."""
-    if name is None or name == "auto":
-        _forced.pop(op, None)
-    else:
-        _forced[op] = name
+Check = Callable[[Hashable], Optional[str]]
 
 
-def forced_backend(op: str) -> Optional[str]:
-    env = os.environ.get(f"VJEPA_FAST_{op.upper()}_BACKEND")
-    if env and env != "auto":
-        return env
-    return _forced.get(op)
-
-
-def choose(op: str, device: torch.device, backends: dict[str, Check]) -> str:
-    """Pick the backend for `op` on `device`; `backends` is ordered fastest first."""
-    forced = forced_backend(op)
-    if forced is not None:
-        if forced not in backends:
-            raise ValueError(f"{op}: unknown backend {forced!r}; choose one of {sorted(backends)}")
-        reason = backends[forced](device)
-        if reason is not None:
-            raise RuntimeError(f"{op}: backend {forced!r} was forced but cannot run on {device}: {reason}")
-        return forced
-    for name, check in backends.items():
-        if check(device) is None:
-            return name
-    raise RuntimeError(f"{op}: no backend can run on {device}")
-
-
-def always(_device: torch.device) -> Optional[str]:
+def always(_key: Hashable) -> Optional[str]:
     return None
 
 
-def cuda_only(device: torch.device) -> Optional[str]:
-    return None if device.type == "cuda" else "needs a CUDA tensor"
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    run: Callable
+    check: Check = always  # None: it can run on inputs with this key; else why not
+    auto: Optional[Check] = None  # an extra condition for automatic choice only (None: whenever it can run)
 
 
-# Index-range checks cost a host synchronisation on a GPU, so there they run only in debug mode:
-# VJEPA_FAST_CHECK_INDICES=1 or `set_check_indices(True)` (config key train.check_indices). On the CPU they always run.
-_check_indices = False
+class Op:
+    """One op's backends (fastest first), its forced choice and its per-key cache."""
+
+    def __init__(self, name: str, *backends: Backend):
+        if name in _OPS:
+            raise ValueError(f"op {name!r} is registered twice")
+        self.name = name
+        self.backends: dict[str, Backend] = {b.name: b for b in backends}
+        self.forced: Optional[str] = None
+        self.chosen: dict[Hashable, Backend] = {}
+        _OPS[name] = self
+        self.force(ENV.get(f"VJEPA_FAST_{name.upper()}_BACKEND"))
+
+    def force(self, name: Optional[str]) -> None:
+        if name is not None and name != "auto" and name not in self.backends:
+            raise ValueError(f"{self.name}: unknown backend {name!r}; choose one of auto, {', '.join(self.backends)}")
+        self.forced = None if name in (None, "auto") else name
+        self.chosen.clear()
+
+    def choose(self, key: Hashable) -> Backend:
+        backend = self.chosen.get(key)
+        if backend is None:
+            backend = self.chosen[key] = self._resolve(key)
+        return backend
+
+    def _resolve(self, key: Hashable) -> Backend:
+        if self.forced is not None:
+            backend = self.backends[self.forced]
+            reason = backend.check(key)
+            if reason is not None:
+                raise RuntimeError(f"{self.name}: backend {self.forced!r} was forced but cannot run on {key}: "
+                                   f"{reason}")
+            return backend
+        for backend in self.backends.values():
+            if backend.check(key) is None and (backend.auto is None or backend.auto(key) is None):
+                return backend
+        raise RuntimeError(f"{self.name}: no backend can run on {key}")
+
+
+_OPS: dict[str, Op] = {}
+
+
+def _op(name: str) -> Op:
+    if name not in _OPS:
+        raise ValueError(f"unknown op {name!r}; choose one of {', '.join(sorted(_OPS))}")
+    return _OPS[name]
+
+
+def set_backend(op: str, name: Optional[str]) -> None:
+    """Force backend `name` for `op` in this process (None or "auto": automatic choice again)."""
+    _op(op).force(name)
+
+
+def backend_names(op: str) -> tuple[str, ...]:
+    return tuple(_op(op).backends)
+
+
+def op_names() -> tuple[str, ...]:
+    return tuple(_OPS)
+
+
+def chosen_backends() -> dict[str, dict[str, str]]:
+    """What each op chose so far in this process: {op: {key: backend}} (for the run log)."""
+    return {name: {str(key): b.name for key, b in op.chosen.items()} for name, op in _OPS.items() if op.chosen}
+
+
+# ---- settings that are no backend choice, with the same env-once-then-config rule ------------------------------
+
+# Index-range checks cost a host synchronisation on a GPU, so there they run only in debug mode: config
+# train.check_indices=true or VJEPA_FAST_CHECK_INDICES=1 (either turns them on). On the CPU they always run.
+_CHECK_INDICES_ENV = ENV.get("VJEPA_FAST_CHECK_INDICES", "0").strip().lower() in TRUE
+_check_indices = _CHECK_INDICES_ENV
 
 
 def set_check_indices(on: bool) -> None:
     global _check_indices
-    _check_indices = bool(on)
+    _check_indices = bool(on) or _CHECK_INDICES_ENV
 
 
 def check_indices_by_default(device: torch.device) -> bool:
-    if device.type == "cpu":
-        return True
-    return _check_indices or os.environ.get("VJEPA_FAST_CHECK_INDICES", "0") in ("1", "true", "on", "yes")
+    return device.type == "cpu" or _check_indices
+
+
+def check_index_range(op: str, name: str, idx: torch.Tensor, limit: int) -> None:
+    """IndexError unless every value of `idx` is in [0, limit). Under torch.compile a host-side check would break
+    the graph, so there it is a traced assertion (torch._assert_async: no graph break, no host sync; on a GPU a
+    device-side assert that stops the process) with the same message minus the offending values."""
+    if idx.numel() == 0:
+        return
+    if torch.compiler.is_compiling():
+        torch._assert_async(((idx >= 0) & (idx < limit)).all(), f"{op}: {name} index out of range [0, {limit})")
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= limit:
+        raise IndexError(f"{op}: {name} index out of range [0, {limit}): min {lo}, max {hi}")
+
+
+# The Triton attention backward's dQ path (docs/attention.md): "split" (a separate dQ kernel, bitwise repeatable, the
+# default) or "atomic"; and the block-size table the kernels read (None: the packaged one).
+ATTENTION_BACKWARD_MODES = ("split", "atomic")
+
+
+def _backward_mode(mode: str, source: str) -> str:
+    mode = mode.strip().lower()
+    if mode not in ATTENTION_BACKWARD_MODES:
+        raise ValueError(f"{source}={mode!r}: expected one of {', '.join(ATTENTION_BACKWARD_MODES)}")
+    return mode
+
+
+attention_backward = _backward_mode(ENV.get("VJEPA_FAST_FLASH_BWD") or "split", "VJEPA_FAST_FLASH_BWD")
+attention_tuning: Optional[str] = ENV.get("VJEPA_FAST_FLASH_TUNING") or None
+
+
+def set_attention_backward(mode: Optional[str]) -> None:
+    """"split" or "atomic" (None or "auto": the process default, VJEPA_FAST_FLASH_BWD, else split)."""
+    global attention_backward
+    default = ENV.get("VJEPA_FAST_FLASH_BWD") or "split"
+    attention_backward = _backward_mode(default if mode in (None, "auto") else mode, "backends.attention_backward")
+
+
+def set_attention_tuning(path: Optional[str]) -> None:
+    """The block-size table of the Triton attention (None: VJEPA_FAST_FLASH_TUNING, else the packaged table)."""
+    global attention_tuning
+    attention_tuning = path or ENV.get("VJEPA_FAST_FLASH_TUNING") or None
+
+
+def configure(backends) -> None:
+    """Apply a config's `backends` section (vjepa_fast.config.BackendsConfig): forced choices and attention settings."""
+    for op in op_names():
+        set_backend(op, getattr(backends, op))
+    set_attention_backward(backends.attention_backward)
+    set_attention_tuning(backends.attention_tuning)

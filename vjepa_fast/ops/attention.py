@@ -11,7 +11,6 @@ its own key, `dense_attention`, defaulting to `sdpa`. See docs/attention.md.
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Optional
 
 import torch
@@ -26,6 +25,8 @@ DENSE_OP = "dense_attention"
 def varlen_attention_reference(qkv: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """The definition: one SDPA call per sequence (slow, obviously correct)."""
     T, _, H, Dh = qkv.shape
+    if T == 0:
+        return qkv[:, 2].clone()  # empty, but part of the autograd graph like any other result
     out = qkv.new_empty(T, H, Dh)
     bounds = cu_seqlens.tolist()
     for s in range(len(bounds) - 1):
@@ -40,7 +41,7 @@ def varlen_attention_reference(qkv: torch.Tensor, cu_seqlens: torch.Tensor) -> t
 def _padding(cu_seqlens: torch.Tensor, max_seqlen: int, T: int):
     """Row maps between the packed [T] layout and a padded [S, L] one: (valid [S, L], src [S, L], dest [S*L]).
 
-    Padded slots read row min(start + j, T - 1) and write to a dump row T, so nothing is out of range."""
+    Padded slots read row min(start + j, T - 1) and write to a dump row T, so nothing is out of range (T >= 1)."""
     L = max(int(max_seqlen), 1)
     starts = cu_seqlens[:-1].long()
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -61,6 +62,8 @@ def _padded_qkv(qkv: torch.Tensor, src: torch.Tensor) -> tuple[torch.Tensor, tor
 def _padded_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
     """Pad every sequence to max_seqlen, one batched SDPA with a key mask, unpad. No host sync, so it traces."""
     T, _, H, Dh = qkv.shape
+    if T == 0:  # no rows to pad from (and no output to write)
+        return qkv.new_empty(0, H, Dh)
     valid, src, dest = _padding(cu_seqlens, max_seqlen, T)
     S, L = valid.shape
     q, k, v = _padded_qkv(qkv, src)
@@ -77,6 +80,8 @@ def _padded_attention_backward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_
 
     P = softmax(Q K^T s), dV = P^T dO, dS = P * (dO V^T - rowsum(dO V^T * P)), dQ = dS K s, dK = dS^T Q s."""
     T, _, H, Dh = qkv.shape
+    if T == 0:
+        return torch.zeros_like(qkv)
     valid, src, dest = _padding(cu_seqlens, max_seqlen, T)
     S, L = valid.shape
     work = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
@@ -140,8 +145,8 @@ def _dense_sdpa(qkv: torch.Tensor, seqlen: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Backends. Each runner takes (qkv, cu_seqlens, max_seqlen, deterministic); each check takes the qkv tensor and
-# returns None when the backend can run on it, else the reason (reported when the backend is forced).
+# Backends. Each runner takes (qkv, cu_seqlens, max_seqlen, deterministic); each check takes the key
+# (device type, dtype, head dim) and returns None when the backend can run on such inputs, else the reason.
 
 # Looked up once at import: find_spec is cheap (it imports nothing) and must not run under torch.compile's tracing.
 _INSTALLED = {m: importlib.util.find_spec(m) is not None for m in ("triton", "flash_attn", "xformers")}
@@ -151,80 +156,70 @@ except ImportError:
     _torch_varlen_attn = None
 
 
-def _interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
 def _kernels():
-    # Imported on first use, not at the top: the kernels are built (compiled, or interpreted under
-    # TRITON_INTERPRET=1) when that module is imported, and the CPU tests set the variable first.
-    from vjepa_fast.ops import triton_flash_varlen
+    # Imported on first use: importing it imports triton and builds the kernels (ops/_triton.py).
+    from vjepa_fast.ops import _triton
 
-    return triton_flash_varlen
+    return _triton.load("triton_flash_varlen")
 
 
-def _triton_reason(qkv: torch.Tensor) -> Optional[str]:
+def _triton_reason(key) -> Optional[str]:
+    device, dtype, Dh = key
     if not _INSTALLED["triton"]:
         return "triton is not installed"
-    Dh = qkv.shape[-1]
     if Dh > 128:
         return f"head dim {Dh} > 128 is not supported by the Triton kernels"
-    if qkv.device.type == "cuda":
-        if qkv.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            return f"dtype {qkv.dtype} is not supported (float16, bfloat16, float32)"
+    if device == "cuda":
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            return f"dtype {dtype} is not supported (float16, bfloat16, float32)"
         return None
-    if qkv.device.type != "cpu":
-        return f"needs a CUDA tensor (or CPU under TRITON_INTERPRET=1), got {qkv.device.type}"
-    if not _interpreter_on():
-        return "CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1)"
-    if not _kernels().interpreted():
-        return ("the kernels were already built for the GPU in this process (TRITON_INTERPRET was unset when "
-                "vjepa_fast.ops.triton_flash_varlen was first imported)")
-    if qkv.dtype not in (torch.float16, torch.float32):
-        return f"the Triton interpreter runs float32/float16 only, got {qkv.dtype}"
+    if device != "cpu":
+        return f"needs a CUDA tensor (or CPU under TRITON_INTERPRET=1), got {device}"
+    if not _backend.INTERPRET:
+        return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 when vjepa_fast is imported)"
+    if dtype not in (torch.float16, torch.float32):
+        return f"the Triton interpreter runs float32/float16 only, got {dtype}"
     return None
 
 
-def _triton_auto_reason(qkv: torch.Tensor) -> Optional[str]:
+def _not_interpreted(key) -> Optional[str]:
     # Automatic choice never picks the (very slow) interpreter; forcing the backend does.
-    return "the interpreter is used only when forced" if qkv.device.type == "cpu" else _triton_reason(qkv)
+    return "the interpreter is used only when forced" if key[0] == "cpu" else None
 
 
-def _dense_triton_auto_reason(qkv: torch.Tensor) -> Optional[str]:
-    # Dense case: the kernel is chosen automatically only where it measured faster than SDPA (16-bit on CUDA).
-    return _triton_auto_reason(qkv) or _cuda_16bit_reason(qkv)
-
-
-def _cuda_16bit_reason(qkv: torch.Tensor) -> Optional[str]:
-    if qkv.device.type != "cuda":
-        return f"needs a CUDA tensor, got {qkv.device.type}"
-    if qkv.dtype not in (torch.float16, torch.bfloat16):
-        return f"needs float16/bfloat16, got {qkv.dtype}"
+def _cuda_16bit_reason(key) -> Optional[str]:
+    device, dtype, _ = key
+    if device != "cuda":
+        return f"needs a CUDA tensor, got {device}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"needs float16/bfloat16, got {dtype}"
     return None
 
 
-def _flash_attn_reason(qkv: torch.Tensor) -> Optional[str]:
+def _dense_triton_auto(key) -> Optional[str]:
+    # Dense case: the kernel is chosen automatically only where it measured faster than SDPA (16-bit on CUDA,
+    # benchmarks/results/); SDPA elsewhere.
+    return _not_interpreted(key) or _cuda_16bit_reason(key)
+
+
+def _flash_attn_reason(key) -> Optional[str]:
     if not _INSTALLED["flash_attn"]:
         return "flash_attn is not installed (pip install flash-attn)"
-    if qkv.shape[-1] % 8 != 0 or qkv.shape[-1] > 256:
-        return f"head dim {qkv.shape[-1]} must be a multiple of 8 and <= 256"
-    return _cuda_16bit_reason(qkv)
+    if key[2] % 8 != 0 or key[2] > 256:
+        return f"head dim {key[2]} must be a multiple of 8 and <= 256"
+    return _cuda_16bit_reason(key)
 
 
-def _torch_varlen_reason(qkv: torch.Tensor) -> Optional[str]:
+def _torch_varlen_reason(key) -> Optional[str]:
     if _torch_varlen_attn is None:
         return "torch.nn.attention.varlen.varlen_attn is not available in this torch"
-    return _cuda_16bit_reason(qkv)
+    return _cuda_16bit_reason(key)
 
 
-def _xformers_reason(qkv: torch.Tensor) -> Optional[str]:
+def _xformers_reason(key) -> Optional[str]:
     if not _INSTALLED["xformers"]:
         return "xformers is not installed"
-    return None if qkv.device.type == "cuda" else f"needs a CUDA tensor, got {qkv.device.type}"
-
-
-def _always(_qkv: torch.Tensor) -> Optional[str]:
-    return None
+    return None if key[0] == "cuda" else f"needs a CUDA tensor, got {key[0]}"
 
 
 def _run_triton(qkv, cu_seqlens, max_seqlen, deterministic):
@@ -265,36 +260,26 @@ def _run_dense_sdpa(qkv, cu_seqlens, max_seqlen, deterministic):
     return _dense_sdpa(qkv, max_seqlen)
 
 
-# name -> (check, runner), fastest first on CUDA.
-_VARLEN = {
-    "triton": (_triton_reason, _run_triton),
-    "flash_attn": (_flash_attn_reason, _run_flash_attn),
-    "torch_varlen": (_torch_varlen_reason, _run_torch_varlen),
-    "xformers": (_xformers_reason, _run_xformers),
-    "sdpa_padded": (_always, _run_padded),
-    "reference": (_always, _run_reference),
-}
-# The dense case (every sequence uniform_len long): one batched SDPA call is the default; `dense_attention` may be
-# forced to any varlen backend (VJEPA_FAST_DENSE_ATTENTION_BACKEND or set_backend("dense_attention", name)).
-# Automatic choice there: our kernel for 16-bit CUDA tensors, else one batched SDPA call. Measured on an H200 (bf16,
-# 24 x 1568 tokens, 16 heads, Dh 64; benchmarks/results/2026-11-26-h200-be59aab.md) the target encoder's
-# forward-only pass takes 0.76 ms in the Triton kernel vs 0.90 ms in SDPA's default (flash) kernel; SDPA's cuDNN
-# kernel (0.67 ms) is faster still but is not what plain SDPA picks.
-_DENSE = {"triton": _VARLEN["triton"], "sdpa": (_always, _run_dense_sdpa),
-          **{k: v for k, v in _VARLEN.items() if k != "triton"}}
-BACKENDS = tuple(_VARLEN)
-DENSE_BACKENDS = tuple(_DENSE)
+_OTHERS = (
+    _backend.Backend("flash_attn", _run_flash_attn, _flash_attn_reason),
+    _backend.Backend("torch_varlen", _run_torch_varlen, _torch_varlen_reason),
+    _backend.Backend("xformers", _run_xformers, _xformers_reason),
+    _backend.Backend("sdpa_padded", _run_padded),
+    _backend.Backend("reference", _run_reference),
+)
+# Packed sequences of any lengths, fastest first on CUDA.
+VARLEN = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _not_interpreted), *_OTHERS)
+# The dense case (every sequence uniform_len long): our kernel for 16-bit CUDA tensors, else one batched SDPA call;
+# any varlen backend may be forced.
+DENSE = _backend.Op(DENSE_OP, _backend.Backend("triton", _run_triton, _triton_reason, _dense_triton_auto),
+                    _backend.Backend("sdpa", _run_dense_sdpa), *_OTHERS)
+BACKENDS = tuple(VARLEN.backends)
+DENSE_BACKENDS = tuple(DENSE.backends)
 
 
-def _choose(op: str, table: dict, qkv: torch.Tensor) -> str:
-    """Pick a backend for this tensor (device, dtype and head dim all matter), automatic or forced (_backend)."""
-    forced = _backend.forced_backend(op) is not None
-    checks: dict[str, _backend.Check] = {}
-    for name, (check, _) in table.items():
-        if name == "triton" and not forced:
-            check = _dense_triton_auto_reason if table is _DENSE else _triton_auto_reason
-        checks[name] = (lambda _device, c=check: c(qkv))
-    return _backend.choose(op, qkv.device, checks)
+def backend_key(qkv: torch.Tensor) -> tuple:
+    """What the attention backends' checks look at: (device type, dtype, head dim)."""
+    return qkv.device.type, qkv.dtype, qkv.shape[-1]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,8 +310,19 @@ def _validate_lengths(qkv: torch.Tensor, max_seqlen, uniform_len) -> None:
 
 
 def _check_range(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, uniform_len) -> None:
-    """Value checks on cu_seqlens (a host sync on GPU): offsets 0 .. T, non-decreasing, no length > max_seqlen."""
+    """Value checks on cu_seqlens: offsets 0 .. T, non-decreasing, no length > max_seqlen. A host sync on a GPU;
+    under torch.compile traced assertions instead (no graph break, no sync; see _backend.check_index_range)."""
     T = qkv.shape[0]
+    if torch.compiler.is_compiling():
+        cu = cu_seqlens.long()
+        lens = cu[1:] - cu[:-1]
+        ok = (cu[0] == 0) & (cu[-1] == T) & (lens >= 0).all() & (lens <= max_seqlen).all()
+        if uniform_len is not None:
+            ok = ok & (lens == uniform_len).all()
+        # A constant message: formatting the (possibly symbolic) sizes into it would specialise the graph on them.
+        torch._assert_async(ok, "varlen_attention: cu_seqlens must run from 0 to T, non-decreasing, with every "
+                                "length <= max_seqlen (and == uniform_len when given)")
+        return
     cu = cu_seqlens.cpu().long()
     lens = cu[1:] - cu[:-1]
     if int(cu[0]) != 0:
@@ -351,19 +347,17 @@ def varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: in
 
     `uniform_len` marks the dense case (all sequences that long). `deterministic` asks the backward for bitwise
     repeatable gradients (triton: no atomics; flash_attn: its deterministic mode). The cu_seqlens values are checked
-    on CPU (outside torch.compile) and on GPU only when `check_range=True` (it costs a host sync); unchecked bad
+    on the CPU always and on a GPU only when `check_range=True` or in debug mode (train.check_indices: it costs a
+    host sync; under torch.compile the checks are traced assertions); unchecked bad
     offsets cannot make the Triton kernels read or write out of bounds, but rows outside every sequence are left
     unwritten. Backends and how to force one: docs/attention.md.
     """
     _validate(qkv, cu_seqlens)
     _validate_lengths(qkv, max_seqlen, uniform_len)
     if check_range is None:
-        # Never while torch.compile traces: reading the offsets' values would break the graph.
-        check_range = _backend.check_indices_by_default(qkv.device) and not torch.compiler.is_compiling()
+        check_range = _backend.check_indices_by_default(qkv.device)
     if check_range:
         _check_range(qkv, cu_seqlens, max_seqlen, uniform_len)
     if uniform_len is not None:
-        backend = _choose(DENSE_OP, _DENSE, qkv)
-        return _DENSE[backend][1](qkv, cu_seqlens, uniform_len, deterministic)
-    backend = _choose(OP, _VARLEN, qkv)
-    return _VARLEN[backend][1](qkv, cu_seqlens, max_seqlen, deterministic)
+        return DENSE.choose(backend_key(qkv)).run(qkv, cu_seqlens, uniform_len, deterministic)
+    return VARLEN.choose(backend_key(qkv)).run(qkv, cu_seqlens, max_seqlen, deterministic)

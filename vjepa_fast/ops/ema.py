@@ -22,9 +22,10 @@ OP = "ema"
 
 
 def ema_update_reference(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> None:
-    """The definition (and the reference code's Python loop)."""
+    """The definition, a Python loop as in the original V-JEPA code. Out of place, then copied: a target that
+    aliases its source (or overlaps it) is read whole before it is written."""
     for t, s in zip(targets, sources):
-        t.mul_(momentum).add_(s.to(t.dtype), alpha=1.0 - momentum)
+        t.copy_(t * momentum + s.to(t.dtype) * (1.0 - momentum))
 
 
 def _ema_foreach(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> None:
@@ -80,18 +81,21 @@ def _check(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], mom
     return reason
 
 
-def _backends(kernel_reason: Optional[str]) -> dict[str, _backend.Check]:
-    def cuda(device: torch.device) -> Optional[str]:
-        if device.type != "cuda":
-            return "needs CUDA tensors"
-        return _ext.unavailable_reason(device) or kernel_reason
+def _kernel_reason(key, device: str) -> Optional[str]:
+    # key: (device type, why the lists do not fit the C++ kernels or None)
+    if key[0] != device:
+        return f"needs {device.upper()} tensors"
+    return _ext.unavailable_reason(torch.device(device)) or key[1]
 
-    def cpu(device: torch.device) -> Optional[str]:
-        if device.type != "cpu":
-            return "needs CPU tensors"
-        return _ext.unavailable_reason(device) or kernel_reason
 
-    return {"cuda": cuda, "cpu": cpu, "foreach": _backend.always, "reference": _backend.always}
+def _run_kernel(targets, sources, momentum):
+    torch.ops.vjepa_fast.ema_update_(targets, sources, float(momentum))
+
+
+EMA = _backend.Op(OP, _backend.Backend("cuda", _run_kernel, lambda key: _kernel_reason(key, "cuda")),
+                  _backend.Backend("cpu", _run_kernel, lambda key: _kernel_reason(key, "cpu")),
+                  _backend.Backend("foreach", _ema_foreach),
+                  _backend.Backend("reference", ema_update_reference))
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -114,10 +118,4 @@ def ema_update_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]
     kernel_reason = _check(targets, sources, momentum)
     if not targets:
         return
-    backend = _backend.choose(OP, targets[0].device, _backends(kernel_reason))
-    if backend in ("cuda", "cpu"):
-        torch.ops.vjepa_fast.ema_update_(targets, sources, float(momentum))
-    elif backend == "foreach":
-        _ema_foreach(targets, sources, momentum)
-    else:
-        ema_update_reference(targets, sources, momentum)
+    EMA.choose((targets[0].device.type, kernel_reason)).run(targets, sources, momentum)

@@ -1,6 +1,6 @@
 """Variable-length flash attention in Triton: forward, FlashAttention-2 backward, and their torch.library ops.
 
-Layout (DESIGN.md, step 4): qkv [T, 3, H, Dh] is read with its strides straight out of the fused qkv projection;
+Layout (docs/architecture.md, the packed layout): qkv [T, 3, H, Dh] is read with its strides straight out of the fused qkv projection;
 cu_seqlens int32 [S + 1] gives each sequence's token range; the output is [T, H, Dh] and the backward writes dq, dk
 and dv into one [T, 3, H, Dh] gradient, so the qkv projection's backward consumes it without a concatenation.
 Attention is non-causal, within each sequence only.
@@ -18,15 +18,14 @@ Robustness: sequence bounds are clamped into [0, T], and each program walks its 
 size, so a max_seqlen that is too small only costs speed, never an unwritten row or an out-of-bounds access.
 The public entry point with input validation is `vjepa_fast.ops.attention.varlen_attention`.
 
-This module decides at import whether its kernels are compiled or interpreted (Triton reads TRITON_INTERPRET when
-`triton.jit` runs), which is why attention.py imports it lazily: CPU tests set TRITON_INTERPRET=1 first.
+Import it through `vjepa_fast.ops._triton.load` (attention.py does): that builds the kernels compiled or
+interpreted as the process decided at import, and registers and launches them one way in both modes.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
@@ -34,7 +33,10 @@ from typing import Iterator, Optional
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
+
+from vjepa_fast.ops import _backend
+from vjepa_fast.ops._triton import launch as _launch
+from vjepa_fast.ops._triton import register
 
 LOG2E = 1.4426950408889634
 
@@ -263,16 +265,14 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
 # Block sizes per shape class: (kernel, padded head dim, dtype, GPU architecture, interpreted), looked up once per
 # class (lru_cache) instead of autotuning, which keeps compile time and torch.compile traces predictable.
 #
-# Measured first: `flash_varlen_tuned.json` (beside this file) holds the winners of benchmarks/tune_attention.py per
-# compute capability ("sm_90"), kernel and padded head dim, for 16-bit inputs; VJEPA_FAST_FLASH_TUNING=<json> points
-# at another such file (one just tuned on this card). Anything not in the table falls back to `_gpu_config`.
-#
-# Fallback entries (fp16/bf16, `_FALLBACK`): every one compiles for sm_90 without register spills at ViT strides,
-# also with fp64 float arguments as Inductor passes them (benchmarks/aot_compile_attention.py,
-# tests/test_triton_aot.py).
+# The one table is `flash_varlen_tuned.json` beside this file: the winners of benchmarks/tune_attention.py per compute
+# capability ("sm_90"), kernel and padded head dim, for 16-bit inputs. `backends.attention_tuning` (or
+# VJEPA_FAST_FLASH_TUNING) points at another such file, e.g. one just tuned on this card. An architecture the table
+# does not name takes the FALLBACK_ARCH entries, which compile without register spills at ViT strides, also with
+# fp64 float arguments as Inductor passes them (benchmarks/aot_compile_attention.py, tests/test_triton_aot.py).
 
-TUNING_ENV = "VJEPA_FAST_FLASH_TUNING"
 _TUNED_FILE = Path(__file__).with_name("flash_varlen_tuned.json")
+FALLBACK_ARCH = "sm_90"
 
 
 @functools.lru_cache(maxsize=None)
@@ -283,7 +283,7 @@ def _tuned_tables(path: str) -> dict:
             raise ValueError("not a JSON object")
         return data
     except (OSError, ValueError) as e:
-        warnings.warn(f"triton_flash_varlen: ignoring block-size table {path} ({e}); using the built-in defaults",
+        warnings.warn(f"triton_flash_varlen: ignoring block-size table {path} ({e}); using the packaged one",
                       RuntimeWarning, stacklevel=3)
         return {}
 
@@ -297,36 +297,33 @@ def _valid_entry(kernel: str, cfg) -> bool:
             and 1 <= cfg.get("num_stages", 2) <= 8 and set(cfg) <= {*keys, "num_warps", "num_stages"})
 
 
-def _tuned_config(kernel: str, block_d: int, arch: str) -> Optional[dict]:
-    path = os.environ.get(TUNING_ENV) or str(_TUNED_FILE)
-    if not os.environ.get(TUNING_ENV) and not _TUNED_FILE.exists():
-        return None
+def _table_entry(path: str, kernel: str, block_d: int, arch: str) -> Optional[dict]:
     cfg = _tuned_tables(path).get(arch, {}).get(kernel, {}).get(str(block_d))
     if cfg is None:
         return None
     if not _valid_entry(kernel, cfg):
         warnings.warn(f"triton_flash_varlen: invalid entry {arch}/{kernel}/{block_d} in {path}: {cfg!r}; "
-                      "using the built-in default", RuntimeWarning, stacklevel=3)
+                      "using the packaged default", RuntimeWarning, stacklevel=3)
         return None
     return dict(cfg)
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) by padded head dim: the sm_90 winners of benchmarks/tune_attention.py on
-# an H200 (bf16, ViT shapes), used wherever the table has no entry for the card. Head dims up to 16 use the 32 row.
-_FALLBACK = {
-    "fwd": {32: (128, 32, 4, 3), 64: (64, 64, 4, 3), 128: (128, 32, 8, 3)},
-    "dkdv": {32: (32, 64, 4, 3), 64: (32, 128, 8, 3), 128: (16, 128, 8, 3)},
-    "dq": {32: (64, 32, 4, 3), 64: (128, 32, 8, 3), 128: (64, 32, 4, 3)},
-}
+def _tuned_config(kernel: str, block_d: int, arch: str, tuning: Optional[str] = None) -> Optional[dict]:
+    """The entry of the table `tuning` (default: the packaged one) for this class, if it has a valid one."""
+    return _table_entry(tuning or str(_TUNED_FILE), kernel, block_d, arch)
 
 
 def _gpu_config(kernel: str, block_d: int, dtype: torch.dtype) -> dict:
+    """The default where no table names this architecture: the packaged FALLBACK_ARCH entry."""
     if kernel == "delta":
         return {"BLOCK_M": 64, "num_warps": 4}
     if dtype == torch.float32:  # a correctness path (ieee dots), not a training dtype
         return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-    m, n, warps, stages = _FALLBACK[kernel][max(block_d, 32)]
-    return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": warps, "num_stages": stages}
+    cfg = _table_entry(str(_TUNED_FILE), kernel, max(block_d, 32), FALLBACK_ARCH)  # head dims <= 16: the 32 row
+    if cfg is None:
+        raise RuntimeError(f"triton_flash_varlen: the packaged table {_TUNED_FILE} has no {FALLBACK_ARCH}/{kernel}/"
+                           f"{max(block_d, 32)} entry")
+    return cfg
 
 
 # The interpreter's cost is per operation, not per element: few, mid-sized tiles. MAX_PROGRAMS caps the grid's block
@@ -342,11 +339,11 @@ _override: dict[str, dict] = {}
 @functools.lru_cache(maxsize=None)
 def _cached_config(kernel: str, block_d: int, dtype: torch.dtype, arch: str, interpreted: bool,
                    tuning: Optional[str]) -> dict:
-    # `tuning` (the env variable's value) is part of the key so that pointing it elsewhere takes effect.
+    # `tuning` (backends.attention_tuning) is part of the key so that pointing it elsewhere takes effect.
     if interpreted:
         return dict(_INTERPRET_CONFIG[kernel])
     if dtype != torch.float32:
-        tuned = _tuned_config(kernel, block_d, arch)
+        tuned = _tuned_config(kernel, block_d, arch, tuning)
         if tuned is not None:
             return tuned
     return _gpu_config(kernel, block_d, dtype)
@@ -376,12 +373,12 @@ def _config(kernel: str, block_d: int, dtype: torch.dtype, device: torch.device)
     """A fresh copy (callers pop launch-only keys from it)."""
     if kernel in _override:
         return dict(_override[kernel])
-    return dict(_cached_config(kernel, block_d, dtype, _arch(device), interpreted(), os.environ.get(TUNING_ENV)))
+    return dict(_cached_config(kernel, block_d, dtype, _arch(device), _backend.INTERPRET, _backend.attention_tuning))
 
 
 @contextlib.contextmanager
 def block_sizes(**per_kernel: dict) -> Iterator[None]:
-    """Test hook: force block sizes, e.g. `block_sizes(fwd={"BLOCK_M": 16, "BLOCK_N": 32})`."""
+    """Force block sizes (the tuner's trials, tests), e.g. `block_sizes(fwd={"BLOCK_M": 16, "BLOCK_N": 32})`."""
     old = dict(_override)
     _override.update(per_kernel)
     try:
@@ -394,43 +391,14 @@ def block_sizes(**per_kernel: dict) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------------
 # Launch helpers.
 
-_poison = False
-
-
-@contextlib.contextmanager
-def poison_outputs(enabled: bool = True) -> Iterator[None]:
-    """Test hook: allocate every output filled with NaN, so an element a kernel forgets to write shows up."""
-    global _poison
-    old, _poison = _poison, enabled
-    try:
-        yield
-    finally:
-        _poison = old
-
-
 def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if _poison:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    # Every kernel output is allocated here (the tests replace it to fill outputs with NaN: tests/kernel_hooks.py).
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-_INTERPRETED = not isinstance(_fwd_kernel, JITFunction)
-
-
 def interpreted() -> bool:
-    """True when this module's kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import)."""
-    return _INTERPRETED
-
-
-def _launch(kernel, grid, *args, **kwargs) -> None:
-    """Launch through wrap_triton (so torch.compile / make_fx see the kernel), or directly when interpreted."""
-    if _INTERPRETED:
-        kernel[grid](*args, **kwargs)
-        return
-    if args[0].device.type != "cuda":
-        raise RuntimeError("triton_flash_varlen: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 "
-                           "before vjepa_fast.ops.triton_flash_varlen is first imported")
-    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+    """True when this process builds Triton kernels for the interpreter (TRITON_INTERPRET=1 at import)."""
+    return _backend.INTERPRET
 
 
 def _block_d(head_dim: int) -> int:
@@ -475,18 +443,11 @@ def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
 
 # How the backward gets dQ. "split": a separate dQ kernel (one program per query block, no atomics, bitwise
 # repeatable). "atomic": the dK/dV kernel also adds each block's dQ into an fp32 buffer with atomics (fewer kernels,
-# more matmul work per program, not repeatable). Split measured faster on every ViT shape on an H200 (bf16: 0.73 vs
-# 0.81 ms context, 2.95 vs 3.28 ms dense, 4.11 vs 4.20 ms predictor; benchmarks/results/), so it is the default;
-# VJEPA_FAST_FLASH_BWD=atomic selects the other, and deterministic=True always splits.
-BWD_ENV = "VJEPA_FAST_FLASH_BWD"
-BWD_MODES = ("split", "atomic")
-
-
+# more matmul work per program, not repeatable). Split measured faster on every ViT shape on an H200
+# (benchmarks/results/), so it is the default; backends.attention_backward=atomic (or VJEPA_FAST_FLASH_BWD=atomic)
+# selects the other, and deterministic=True always splits.
 def backward_mode(deterministic: bool = False) -> str:
-    mode = os.environ.get(BWD_ENV, "split").strip().lower() or "split"
-    if mode not in BWD_MODES:
-        raise ValueError(f"{BWD_ENV}={mode!r}: expected one of {', '.join(BWD_MODES)}")
-    return "split" if deterministic else mode
+    return "split" if deterministic else _backend.attention_backward
 
 
 def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
@@ -534,10 +495,8 @@ def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: tor
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Registration. Compiled kernels: triton_op, so torch.compile traces into the bodies and sees the kernels (through
-# wrap_triton) and derives the fake (shape) functions itself. Interpreted kernels cannot run on fake tensors, so
-# there the same bodies become opaque custom ops with explicit fakes (which keeps opcheck and torch.compile working
-# on CPU). register_autograd connects forward and backward either way.
+# Registration (ops/_triton.py: a triton_op when compiled, an opaque custom op with these fakes when interpreted);
+# register_autograd connects forward and backward either way.
 
 
 def _fwd_impl(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float,
@@ -560,16 +519,8 @@ def _bwd_fake(dout, qkv, out, lse, cu_seqlens, max_seqlen, softmax_scale, determ
     return qkv.new_empty(qkv.shape)
 
 
-FWD_NAME = "vjepa_fast::flash_varlen_attention"
-BWD_NAME = "vjepa_fast::flash_varlen_attention_backward"
-if _INTERPRETED:
-    _flash_fwd_op = torch.library.custom_op(FWD_NAME, _fwd_impl, mutates_args=())
-    _flash_fwd_op.register_fake(_fwd_fake)
-    _flash_bwd_op = torch.library.custom_op(BWD_NAME, _bwd_impl, mutates_args=())
-    _flash_bwd_op.register_fake(_bwd_fake)
-else:
-    _flash_fwd_op = torch.library.triton_op(FWD_NAME, _fwd_impl, mutates_args=())
-    _flash_bwd_op = torch.library.triton_op(BWD_NAME, _bwd_impl, mutates_args=())
+_flash_fwd_op = register("vjepa_fast::flash_varlen_attention", _fwd_impl, _fwd_fake)
+register("vjepa_fast::flash_varlen_attention_backward", _bwd_impl, _bwd_fake)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -600,4 +551,4 @@ def flash_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seql
     return out
 
 
-__all__ = ["flash_varlen_attention", "backward_mode", "interpreted", "poison_outputs", "block_sizes", "LOG2E"]
+__all__ = ["flash_varlen_attention", "backward_mode", "interpreted", "block_sizes", "LOG2E"]
