@@ -88,13 +88,21 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) / bf16 / fp32
     max_nonfinite: int = 5  # consecutive NaN/Inf losses before the run stops
     check_indices: bool = False  # debug: range-check every gather/loss/attention index on the GPU too (host syncs)
-    resume: bool = True  # continue from <run_dir>/checkpoints when one exists
+    resume: Any = True  # true: continue the newest checkpoint / false: refuse a dir that has one / "restart"
     init_from: Optional[str] = None  # start from a reference-format checkpoint (weights only; prefixes stripped)
     progress: bool = True
     peak_tflops: Optional[float] = None  # override the device's peak for MFU
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3
+    async_checkpoint: bool = False  # write checkpoints in the background (at most one in flight)
+
+
+@dataclass
+class ParallelConfig:
+    replicate: int = 1  # HSDP: groups that each hold a full copy (usually the number of nodes)
+    shard: int = 0  # processes one copy is sharded over; 0: world size / replicate (full sharding by default)
+    timeout_s: float = 600.0  # a collective that waits longer than this fails instead of hanging
 
 
 @dataclass
@@ -107,6 +115,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     backends: dict = field(default_factory=dict)  # op name -> backend ("auto" or e.g. "reference")
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 METHODS = ("vjepa", "videomae")
@@ -309,6 +318,20 @@ def validate(cfg: Config) -> None:
     for op, name in cfg.backends.items():
         if op not in OPS:
             raise ConfigError(f"backends.{op}: unknown op (one of {', '.join(OPS)})")
+    validate_distributed(cfg)
+
+
+def validate_distributed(cfg: Config) -> None:
+    """Resume mode, HSDP mesh sizes, collective timeout."""
+    t, p = cfg.train, cfg.parallel
+    if not (isinstance(t.resume, bool) or t.resume == "restart"):
+        raise ConfigError(f"train.resume: expected true, false or restart, got {t.resume!r}")
+    if p.replicate < 1:
+        raise ConfigError(f"parallel.replicate: must be >= 1, got {p.replicate}")
+    if p.shard < 0:
+        raise ConfigError(f"parallel.shard: must be >= 0 (0: world size / replicate), got {p.shard}")
+    if not 0 < p.timeout_s < float("inf"):
+        raise ConfigError(f"parallel.timeout_s: must be a positive number of seconds, got {p.timeout_s}")
 
 
 def to_dict(cfg: Config) -> dict:
