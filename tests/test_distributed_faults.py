@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from torch.distributed.checkpoint import FileSystemReader
 
 from vjepa_fast import checkpoint as ckpt
 from vjepa_fast import train
@@ -137,6 +138,9 @@ def test_hsdp_2x2_matches_data_parallel_and_its_checkpoint_resumes_in_2_and_1(tm
     for step in one:
         assert four[step] == pytest.approx(one[step], rel=1e-4), step
     assert len(list(ckpt.step_path(hsdp, 4).glob("*.distcp"))) == 4  # one shard file per rank, no gather
+    # really HSDP: every parameter is split in 2 (the shard dim), not in 4 as full sharding over 4 would
+    meta = FileSystemReader(ckpt.step_path(hsdp, 4)).read_metadata().state_dict_metadata
+    assert max(len(v.chunks) for k, v in meta.items() if k.startswith("model.") and hasattr(v, "chunks")) == 2
     for nproc in (2, 1):
         d = tmp_path / f"resume{nproc}"
         shutil.copytree(hsdp, d)

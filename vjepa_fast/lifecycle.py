@@ -22,25 +22,42 @@ log = logging.getLogger(__name__)
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Linux sends the parent-death signal whenever the creating *thread* exits (also when the process lives on in other
+# threads) and once per thread of the child: a dedicated signal lets the handler check that the parent is gone.
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
 _PR_SET_PDEATHSIG = 1
+_parent_pid: Optional[int] = None
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask Linux to send `sig` when the launching process (torchrun's agent) dies, so no worker trains on alone.
+def die_with_parent() -> None:
+    """Ask Linux to signal this process when its launcher (torchrun's agent) dies, so no worker trains on alone.
 
-    SIGTERM rather than SIGKILL: the worker then saves and stops like on a preemption."""
+    The worker then saves and stops as on a preemption (see StopRequest)."""
+    global _parent_pid
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        if libc.prctl(_PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
             log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
             return
     except (OSError, AttributeError) as e:
         log.warning("prctl unavailable (%s): workers will not stop with their launcher", e)
         return
-    if os.getppid() == 1:  # the parent died before the request was in place
-        os.kill(os.getpid(), sig)
+    _parent_pid = os.getppid()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(PARENT_DEATH_SIGNAL, _exit_if_orphaned)  # outside the loop (start-up, teardown)
+    if _parent_pid == 1:  # the parent died before the request was in place
+        raise SystemExit("error: the launcher died before this worker started")
+
+
+def parent_died() -> bool:
+    return _parent_pid is not None and os.getppid() != _parent_pid
+
+
+def _exit_if_orphaned(signum, frame) -> None:
+    if parent_died():
+        raise SystemExit("error: the launcher (torchrun) died; this worker stops with it")
 
 
 class StopRequest:
@@ -53,16 +70,16 @@ class StopRequest:
         self._work = None
         self._flag_buf: Optional[torch.Tensor] = None
         if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
+            for sig in (*STOP_SIGNALS, PARENT_DEATH_SIGNAL):
                 self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        if self.signal_name is not None:  # a second signal: stop at once, as without this handler
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if signum == PARENT_DEATH_SIGNAL and not parent_died():
+            return  # one of the launcher's threads ended, the launcher itself lives on
+        if self.signal_name is not None:
             return
-        self.signal_name = signal.Signals(signum).name
-        log.warning("%s received: finishing this step, saving, then exiting", self.signal_name)
+        self.signal_name = "the launcher's death" if signum == PARENT_DEATH_SIGNAL else signal.Signals(signum).name
+        log.warning("stop requested (%s): finishing this step, saving, then exiting", self.signal_name)
 
     def agreed(self) -> bool:
         """Call once per step on every rank: True on all ranks at the same step once any rank got a signal."""
