@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vjepa_fast import eval as ev
+from vjepa_fast.checkpoint import load_payload
 from vjepa_fast import train
 from vjepa_fast.config import load_config
 from vjepa_fast.models.probe import AttentiveProbe
@@ -134,8 +135,8 @@ def run_main(argv, capsys):
 
 
 def test_loads_target_or_online_encoder_from_every_format(run_dir):
-    ckpt_file = run_dir / "checkpoints" / "step_00000004.pt"
-    model = torch.load(ckpt_file, weights_only=True)["model"]
+    ckpt_file = run_dir / "checkpoints" / "step_00000004"
+    model = load_payload(ckpt_file)["model"]
     cfg = load_config(str(run_dir / "config.yaml"))
     loaded = {}
     for path in (ckpt_file, run_dir / "reference.pth.tar"):
@@ -174,7 +175,7 @@ def test_eval_run_dir_end_to_end_as_a_file(run_dir, tmp_path, subprocess_env):
     assert res["epochs"] == 2 and len(res["history"]) == 2 and res["label"] == "motion"
     assert res["num_classes"] == 9 and res["val_samples"] == 12 and res["train_samples"] == 24
     assert res["encoder"] == "target" and res["baseline"] is False
-    assert res["checkpoint"].endswith("step_00000004.pt")
+    assert res["checkpoint"].endswith("step_00000004")
     assert res["crop_size"] == 32 and res["num_frames"] == 4  # the run's config.yaml was used
     assert all(0 <= h["val_accuracy"] <= 1 and math.isfinite(h["train_loss"]) for h in res["history"])
     assert "top-1 accuracy" in proc.stdout
@@ -230,7 +231,7 @@ def test_checkpoint_errors_name_the_problem(run_dir, tmp_path, capsys):
     empty_run = tmp_path / "empty_run"
     empty_run.mkdir()
     rc, err = run_main(["--checkpoint", empty_run, *TINY], capsys)
-    assert rc == 1 and "no step_*.pt" in err[-1]
+    assert rc == 1 and "no step_* checkpoints" in err[-1]
 
     rc, err = run_main(["--checkpoint", run_dir, "model.size=small"], capsys)  # 384 wide vs the run's 96
     assert rc == 1 and "shape mismatches" in err[-1] and "(96,) vs model (384,)" in err[-1]

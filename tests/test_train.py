@@ -1,5 +1,6 @@
 """The training loop: config errors, non-finite guard, resume equality, data-parallel equality."""
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -52,7 +53,7 @@ def test_run_writes_config_metrics_and_checkpoints(tmp_path):
         assert keys <= set(row)
         assert row["mfu"] is None  # CPU: no known peak
     assert load_config(str(tmp_path / "config.yaml")).train.steps == 8
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000004.pt", "step_00000008.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000004", "step_00000008"]
     # the EMA momentum follows the linear schedule and the target encoder moved towards the online one
     assert rows[0]["ema_momentum"] < rows[-1]["ema_momentum"] < 1.0
 
@@ -145,7 +146,7 @@ def test_compiled_blocks_do_not_recompile_as_token_counts_change(tmp_path, monke
 def test_checkpoint_of_two_processes_resumes_in_one(tmp_path, subprocess_env):
     common = [s for s in SMALL if not s.startswith("train.batch_size")]
     two = _torchrun(2, tmp_path, common + ["train.batch_size=2"], subprocess_env)
-    (tmp_path / "checkpoints" / "step_00000008.pt").unlink()  # as if killed after the step-4 checkpoint
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000008")  # as if killed after the step-4 checkpoint
     one = _torchrun(1, tmp_path, common + ["train.batch_size=4"], subprocess_env)  # same global batch
     assert sorted(one) == list(range(8))
     for step in range(4, 8):

@@ -87,13 +87,21 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) / bf16 / fp32
     max_nonfinite: int = 5  # consecutive NaN/Inf losses before the run stops
     check_indices: bool = False  # debug: range-check every gather/loss/attention index on the GPU too (host syncs)
-    resume: bool = True  # continue from <run_dir>/checkpoints when one exists
+    resume: Any = True  # true: continue the newest checkpoint / false: refuse a dir that has one / "restart"
     init_from: Optional[str] = None  # start from a reference-format checkpoint (weights only; prefixes stripped)
     progress: bool = True
     peak_tflops: Optional[float] = None  # override the device's peak for MFU
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3
+    async_checkpoint: bool = False  # write checkpoints in the background (at most one in flight)
+
+
+@dataclass
+class ParallelConfig:
+    replicate: int = 1  # HSDP: groups that each hold a full copy (usually the number of nodes)
+    shard: int = 0  # processes one copy is sharded over; 0: world size / replicate (full sharding by default)
+    timeout_s: float = 600.0  # a collective that waits longer than this fails instead of hanging
 
 
 @dataclass
@@ -119,6 +127,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     backends: BackendsConfig = field(default_factory=BackendsConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 METHODS = ("vjepa", "videomae")
@@ -318,6 +327,7 @@ def validate(cfg: Config) -> None:
     if not 0.0 < k.tube_ratio < 1.0:
         raise ConfigError("masks.tube_ratio: must be in (0, 1)")
     _validate_backends(cfg.backends)
+    validate_distributed(cfg)
 
 
 def _validate_backends(b: BackendsConfig) -> None:
@@ -333,6 +343,19 @@ def _validate_backends(b: BackendsConfig) -> None:
                           f"{', '.join(_backend.ATTENTION_BACKWARD_MODES)}, got {b.attention_backward!r}")
     if b.attention_tuning is not None and not Path(b.attention_tuning).is_file():
         raise ConfigError(f"backends.attention_tuning: no such file {b.attention_tuning}")
+
+
+def validate_distributed(cfg: Config) -> None:
+    """Resume mode, HSDP mesh sizes, collective timeout."""
+    t, p = cfg.train, cfg.parallel
+    if not (isinstance(t.resume, bool) or t.resume == "restart"):
+        raise ConfigError(f"train.resume: expected true, false or restart, got {t.resume!r}")
+    if p.replicate < 1:
+        raise ConfigError(f"parallel.replicate: must be >= 1, got {p.replicate}")
+    if p.shard < 0:
+        raise ConfigError(f"parallel.shard: must be >= 0 (0: world size / replicate), got {p.shard}")
+    if not 0 < p.timeout_s < float("inf"):
+        raise ConfigError(f"parallel.timeout_s: must be a positive number of seconds, got {p.timeout_s}")
 
 
 def to_dict(cfg: Config) -> dict:

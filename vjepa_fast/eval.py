@@ -123,15 +123,15 @@ def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], Eva
 def resolve_checkpoint(path: str) -> tuple[Path, Optional[Path]]:
     """(checkpoint file, the run's config.yaml or None). A run dir gives its newest checkpoint."""
     p = Path(path).expanduser()
-    if p.is_dir():
+    if p.is_dir() and not ckpt.is_checkpoint(p):  # a run dir (a sharded checkpoint is a dir too)
         found = ckpt.list_checkpoints(p)
         if not found and p.name == "checkpoints" and ckpt.list_checkpoints(p.parent):
             return resolve_checkpoint(str(p.parent))  # the run's checkpoints/ folder itself
         if not found:
-            raise FileNotFoundError(f"checkpoint: no step_*.pt files in {ckpt.checkpoint_dir(p)} (is {p} a run dir?)")
+            raise FileNotFoundError(f"checkpoint: no step_* checkpoints in {ckpt.checkpoint_dir(p)} (is {p} a run dir?)")
         run_cfg = p / "config.yaml"
         return found[-1][1], (run_cfg if run_cfg.is_file() else None)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
     run_cfg = p.parent.parent / "config.yaml" if p.parent.name == "checkpoints" else None
     return p, (run_cfg if run_cfg is not None and run_cfg.is_file() else None)
@@ -175,7 +175,7 @@ def encoder_state(payload: Any, path: Path, use_online: bool) -> tuple[dict[str,
 def load_encoder_weights(encoder: nn.Module, path: Path, use_online: bool) -> str:
     """Load the chosen encoder from `path` (weights_only: no code from the file runs); returns which one."""
     try:
-        payload = ckpt.load_file(path)
+        payload = ckpt.load_payload(path, keys={"model"})
     except Exception as e:
         raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint "
                                     f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''})") \

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 
 class MetricsLog:
-    """Appends to <run_dir>/metrics.jsonl; on resume, drops entries of steps that will be run again."""
+    """Appends to <run_dir>/metrics.jsonl; on resume, drops entries of steps that will be run again.
+
+    The trimmed file is written beside the old one, fsynced and renamed over it, so a kill at any moment leaves
+    either the old rows or the trimmed ones, never an empty or half-written file."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
@@ -21,7 +25,12 @@ class MetricsLog:
                         kept.append(line)
                 except (ValueError, KeyError, TypeError):
                     continue  # a line torn by a kill: drop it
-            path.write_text("".join(k + "\n" for k in kept))
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w") as f:
+                f.write("".join(k + "\n" for k in kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
         self._f = open(path, "a", buffering=1)
 
     def write(self, row: dict[str, Any]) -> None:

@@ -1,17 +1,25 @@
 """Distribution and compilation applied from outside to plain models, in the order that composes:
 activation checkpointing -> per-block torch.compile -> FSDP2 (fully_shard per block, then per top module).
+
+FSDP2 runs on a device mesh: 1-D (full sharding over every process, the default) or 2-D `replicate x shard`
+(HSDP: parameters sharded inside a group of `shard` processes, usually one node, and replicated across groups, so
+the per-layer all-gathers stay on the fast intra-node links and only the gradient all-reduce crosses nodes).
 """
 from __future__ import annotations
 
 import functools
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from datetime import timedelta
+from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
+
+from vjepa_fast.config import ConfigError
+from vjepa_fast.lifecycle import die_with_parent
 
 
 @dataclass
@@ -20,14 +28,19 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    control_group: Optional[dist.ProcessGroup] = None  # CPU (gloo) group for small host-side collectives
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
-    """Process group from torchrun's environment when WORLD_SIZE > 1; a single process needs no set-up at all."""
+def init_distributed(timeout_s: float = 600.0) -> DistInfo:
+    """Process group from torchrun's environment when WORLD_SIZE > 1; a single process needs no set-up at all.
+
+    `timeout_s` bounds every collective: a rank that died or stalls makes the others fail after it, not hang."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: never outlive its agent
+        die_with_parent()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -36,10 +49,14 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    control = None
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank, world, local_rank, device)
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                                timeout=timedelta(seconds=timeout_s))
+        if backend != "gloo":  # async checkpoint saves and the stop flag need a CPU group
+            control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local_rank, device, control)
 
 
 def shutdown_distributed() -> None:
@@ -72,12 +89,30 @@ def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
             blk.compile(dynamic=True, backend=backend)
 
 
-def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precision: bool) -> None:
-    """fully_shard each block, then each top module (encoder, predictor, target encoder)."""
+def data_parallel_mesh(device_type: str, world_size: int, replicate: int = 1, shard: int = 0):
+    """The FSDP2 mesh: 1-D over all processes, or 2-D (replicate, shard) for HSDP; shard=0 means world/replicate."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if replicate < 1 or world_size % replicate:
+        raise ConfigError(f"parallel.replicate: {replicate} does not divide the {world_size} processes")
+    shard = shard or world_size // replicate
+    if replicate * shard != world_size:
+        raise ConfigError(f"parallel.shard: replicate {replicate} x shard {shard} = {replicate * shard}, "
+                          f"but the run has {world_size} processes")
+    if replicate == 1:
+        return init_device_mesh(device_type, (shard,), mesh_dim_names=("shard",))
+    return init_device_mesh(device_type, (replicate, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precision: bool, mesh=None) -> None:
+    """fully_shard each block, then each top module (encoder, predictor, target encoder), on `mesh`."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # bf16 parameters for the all-gathers and the compute, gradients reduced in fp32
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
+    if mesh is not None:
+        kwargs["mesh"] = mesh
     for top in top_modules:
         for blocks in block_lists(top):
             for blk in blocks:
@@ -91,13 +126,15 @@ def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precisi
 
 def parallelize(model: nn.Module, top_modules: list[nn.Module], *, world_size: int, compile: bool,
                 activation_checkpointing: bool, mixed_precision: bool = False,
-                compile_backend: str = "inductor") -> nn.Module:
+                compile_backend: str = "inductor", mesh_shape: tuple[int, int] = (1, 0),
+                device_type: str = "cpu") -> nn.Module:
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
         apply_compile(model, compile_backend)
     if world_size > 1:
-        apply_fsdp(model, top_modules, mixed_precision)
+        mesh = data_parallel_mesh(device_type, world_size, *mesh_shape)
+        apply_fsdp(model, top_modules, mixed_precision, mesh)
     return model
 
 

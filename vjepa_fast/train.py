@@ -29,14 +29,17 @@ import torch
 import torch.distributed as dist
 
 from vjepa_fast import checkpoint, ops
+from vjepa_fast.checkpoint import CheckpointError
 from vjepa_fast.config import Config, ConfigError, load_config, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
 from vjepa_fast.flops import device_peak_flops
+from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, StopRequest
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.reference_checkpoint import CheckpointFormatError, load_reference_into
+from vjepa_fast.rundir import ResumeDecision, RunDir, RunDirError
 from vjepa_fast.schedules import Schedules
 
 log = logging.getLogger("vjepa_fast.train")
@@ -89,7 +92,11 @@ class Trainer:
         ops._backend.set_check_indices(t.check_indices)
         self.model = build_model(cfg)
         if t.init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
-            loaded = load_reference_into(self.model, t.init_from)
+            if checkpoint.is_training_checkpoint(t.init_from):  # one of ours: weights only, fresh optimizer
+                checkpoint.init_weights_from(self.model, t.init_from)
+                loaded = ["the model"]
+            else:
+                loaded = load_reference_into(self.model, t.init_from)
             if di.is_main:
                 log.info("initialised %s from %s", ", ".join(loaded), t.init_from)
         self.model = self.model.to(self.device)
@@ -103,31 +110,45 @@ class Trainer:
         tops = [m for m in (getattr(self.model, n, None) for n in ("encoder", "predictor", "target_encoder",
                                                                    "decoder")) if m is not None]
         parallelize(self.model, tops, world_size=di.world_size, compile=t.compile,
-                    activation_checkpointing=t.activation_checkpointing, compile_backend=t.compile_backend)
+                    activation_checkpointing=t.activation_checkpointing, compile_backend=t.compile_backend,
+                    mixed_precision=use_bf16 and self.device.type == "cuda", device_type=self.device.type,
+                    mesh_shape=(cfg.parallel.replicate, cfg.parallel.shard))
         self.groups = param_groups(self.model.trainable_modules(), cfg.optim.weight_decay)
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = make_optimizer(self.groups, cfg, self.device)
         self.peak = device_peak_flops(self.device, t.peak_tflops)
         self.start_step, self.data_errors, self.data_attempts = 0, 0, 0
         self.nonfinite_in_a_row = 0
+        self.checkpointer = checkpoint.Checkpointer(cfg.run_dir, t.keep_checkpoints, di.is_main,
+                                                    t.async_checkpoint, di.control_group)
+        self.config_yaml = ""
+        self.preempted = False  # stopped by SIGTERM/SIGUSR1 after saving: main exits with REQUEUE_EXIT_CODE
 
     # ---- resume -----------------------------------------------------------------------------------------------
-    def resume(self) -> None:
-        if not self.cfg.train.resume:
+    def resume(self, decision: ResumeDecision) -> None:
+        """Load the checkpoint rank 0 chose for every rank (None: a fresh start)."""
+        if decision.path is None:
             return
-        payload = checkpoint.resume_latest(self.cfg.run_dir, self.model, self.optimizer)
-        if payload is not None:
-            self.start_step = int(payload["step"])
-            self.data_errors = int(payload.get("data_errors", 0))
-            self.data_attempts = int(payload.get("data_attempts", 0))
-            if self.di.is_main:
-                log.info("resuming at step %d", self.start_step)
+        loop = self.checkpointer.load(decision.path, self.model, self.optimizer)
+        self.start_step = int(loop["step"])
+        self.data_errors = int(loop.get("data_errors", 0))
+        self.data_attempts = int(loop.get("data_attempts", 0))
+        if self.di.is_main:
+            log.info("resuming at step %d from %s", self.start_step, decision.path)
 
-    def save(self, next_step: int) -> None:
+    def save(self, next_step: int) -> bool:
+        """Checkpoint the state before `next_step`; False (deferred) while non-finite steps are being skipped."""
+        if self.nonfinite_in_a_row > 0:
+            if self.di.is_main:
+                log.warning("step %d: checkpoint deferred during a streak of non-finite steps", next_step)
+            return False
+        if not checkpoint.params_finite(self.model):
+            raise NonFiniteLossError(f"parameters are NaN/Inf before step {next_step}: checkpoint not written "
+                                     f"(the previous one is intact); lower optim.lr or raise optim.eps")
         extra = {"data_errors": self.data_errors, "data_attempts": self.data_attempts,
                  "world_size": self.di.world_size}
-        checkpoint.save_checkpoint(self.cfg.run_dir, next_step, self.model, self.optimizer, extra,
-                                   keep=self.cfg.train.keep_checkpoints, is_main=self.di.is_main)
+        self.checkpointer.save(next_step, self.model, self.optimizer, extra, self.config_yaml)
+        return True
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def batch_stats(self, batch) -> torch.Tensor:
@@ -215,12 +236,27 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
+        """Hold the run dir (lock + one resume decision for every rank) for the whole run."""
+        hold = RunDir(self.cfg.run_dir, self.di.is_main, self.di.control_group)
+        decision = hold.open(self.cfg.train.resume)
+        self.stop = StopRequest(self.di.control_group)
+        clean = False
+        try:
+            rows = self._run(decision)
+            self.checkpointer.wait()
+            clean = True
+            return rows
+        finally:
+            self.stop.close(clean)
+            hold.close()
+
+    def _run(self, decision: ResumeDecision) -> list[dict]:
         cfg, di, t = self.cfg, self.di, self.cfg.train
         run_dir = Path(cfg.run_dir)
-        if di.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        if di.is_main:  # only now, under the lock: a refused launch never touches a running run's files
             save_config(cfg, run_dir / "config.yaml")
-        self.resume()
+            self.config_yaml = (run_dir / "config.yaml").read_text()
+        self.resume(decision)
         if self.start_step >= t.steps:
             if di.is_main:
                 log.info("run already finished (%d steps)", t.steps)
@@ -234,6 +270,7 @@ class Trainer:
         rows, window_start, window_clips, window_flops = [], time.perf_counter(), 0, 0.0
         profiler = maybe_profile(run_dir, t.profile and di.is_main, t.profile_steps)
         batches = iter(loader)
+        save_pending = False
         try:
             profiler.__enter__()
             while True:
@@ -260,9 +297,18 @@ class Trainer:
                         metrics.write(logged)
                     window_start, window_clips, window_flops = time.perf_counter(), 0, 0.0
                 progress.update(logged)
-                if (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps:
-                    self.save(step + 1)
+                stop = self.stop.agreed()
+                due = (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps or stop
+                if due or save_pending:
+                    save_pending = not self.save(step + 1)
+                self.checkpointer.poll()
                 profiler.step()
+                if stop:
+                    self.preempted = True
+                    if di.is_main:
+                        log.warning("stopped by %s after step %d (saved); exiting with code %d for a requeue",
+                                    self.stop.signal_name or "a signal on another rank", step, REQUEUE_EXIT_CODE)
+                    break
         finally:
             profiler.__exit__(None, None, None)
             progress.close()
@@ -295,12 +341,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    di = init_distributed()
+    di = init_distributed(cfg.parallel.timeout_s)
     if not di.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        Trainer(cfg, di).run()
-    except (NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError, FileNotFoundError) as e:
+        trainer = Trainer(cfg, di)
+        trainer.run()
+        if trainer.preempted:
+            return REQUEUE_EXIT_CODE
+    except (NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError, FileNotFoundError,
+            RunDirError, CheckpointError, ConfigError) as e:
         # From a loader worker the message carries the worker's traceback; its last line is the error itself.
         print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
