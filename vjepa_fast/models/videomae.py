@@ -205,6 +205,7 @@ def build_videomae(cfg, encoder: nn.Module) -> VideoMAE:
     d = DECODER_DEFAULTS[size]
     pe = encoder.patch_embed
     decoder = VideoMAEDecoder(embed_dim=encoder.embed_dim, dim=cfg.model.pred_width or d["dim"],
-                              depth=cfg.model.pred_depth or d["depth"], num_heads=d["num_heads"], grid=encoder.grid,
+                              depth=cfg.model.pred_depth or d["depth"],
+                              num_heads=cfg.model.pred_num_heads or d["num_heads"], grid=encoder.grid,
                               out_dim=pe.in_chans * pe.tubelet_size * pe.patch_size ** 2)
     return VideoMAE(encoder, decoder)
