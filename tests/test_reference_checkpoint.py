@@ -6,8 +6,8 @@ import torch
 
 from vjepa_fast.config import load_config
 from vjepa_fast.models.build import build_model
-from vjepa_fast.reference_checkpoint import (CheckpointFormatError, export_reference, load_reference_into,
-                                             read_reference)
+from vjepa_fast.weights.reference import (CheckpointFormatError, export_reference, load_reference_into,
+                                          read_reference)
 
 
 def tiny_model(seed):

@@ -40,7 +40,8 @@ from vjepa_fast import ops
 from vjepa_fast.config import Config, ConfigError, load_config, to_dict
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
-from vjepa_fast.reference_checkpoint import CheckpointFormatError, load_module, strip_prefixes
+from vjepa_fast.weights import CheckpointFormatError, read_weights
+from vjepa_fast.weights.load import load_part, pick_encoder
 
 log = logging.getLogger("vjepa_fast.eval")
 
@@ -123,6 +124,8 @@ def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], Eva
 def resolve_checkpoint(path: str) -> tuple[Path, Optional[Path]]:
     """(checkpoint file, the run's config.yaml or None). A run dir gives its newest checkpoint."""
     p = Path(path).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():  # a Hugging Face model directory
+        return p, None
     if p.is_dir():
         found = ckpt.list_checkpoints(p)
         if not found and p.name == "checkpoints" and ckpt.list_checkpoints(p.parent):
@@ -137,63 +140,17 @@ def resolve_checkpoint(path: str) -> tuple[Path, Optional[Path]]:
     return p, (run_cfg if run_cfg is not None and run_cfg.is_file() else None)
 
 
-def _tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def encoder_state(payload: Any, path: Path, use_online: bool) -> tuple[dict[str, torch.Tensor], str]:
-    """(encoder state dict with clean names, which encoder it is) from any supported checkpoint layout:
-    a training checkpoint (payload["model"] with encoder.* / target_encoder.*), a reference-format file (top-level
-    encoder / target_encoder dicts with wrapper prefixes) or a bare encoder state dict."""
-    if not isinstance(payload, dict):
-        raise CheckpointFormatError(f"{path}: expected a dict checkpoint, got {type(payload).__name__}")
-    parts: dict[str, dict] = {}
-    if isinstance(payload.get("model"), dict):
-        model = payload["model"]
-        for part in ("encoder", "target_encoder"):
-            pre = part + "."
-            state = {k[len(pre):]: v for k, v in model.items() if k.startswith(pre)}
-            if state:
-                parts[part] = state
-    else:
-        for part in ("encoder", "target_encoder"):
-            if isinstance(payload.get(part), dict) and payload[part]:
-                parts[part] = strip_prefixes(payload[part])
-        if not parts and _tensor_dict(payload) and "patch_embed.proj.weight" in strip_prefixes(payload):
-            parts["encoder"] = strip_prefixes(payload)
-    want = "encoder" if use_online else "target_encoder"
-    if want in parts:
-        return parts[want], "online" if use_online else "target"
-    if "encoder" in parts:  # a run without an EMA copy (the VideoMAE baseline): its only encoder
-        log.warning("%s has no target encoder; using the online encoder", path)
-        return parts["encoder"], "online"
-    keys = sorted(payload["model"] if isinstance(payload.get("model"), dict) else payload)[:8]
-    looked = "encoder.*" if use_online else "target_encoder.* and encoder.*"
-    raise CheckpointFormatError(f"{path}: no encoder weights (looked for {looked}; keys: {keys})")
-
-
 def load_encoder_weights(encoder: nn.Module, path: Path, use_online: bool) -> str:
-    """Load the chosen encoder from `path` (weights_only: no code from the file runs); returns which one."""
+    """Load the chosen encoder of any supported weights file (vjepa_fast/weights, weights_only) into the encoder
+    built from the config; returns which one ("target" / "online")."""
+    w = read_weights(path)
+    which, state = pick_encoder(w, use_online)
     try:
-        payload = ckpt.load_file(path)
-    except Exception as e:
-        raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint "
-                                    f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''})") \
-            from None
-    state, which = encoder_state(payload, path, use_online)
-    own = encoder.state_dict()
-    pos = state.get("pos_embed")
-    if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape \
-            and pos.shape[-1] == own["pos_embed"].shape[-1]:
-        # A fixed sin-cos table (never trained) for another clip size: this model's own table is the one to use.
-        log.info("pos_embed %s in the checkpoint is for another clip size; using the table for %s",
-                 tuple(pos.shape), tuple(own["pos_embed"].shape))
-        state = {**state, "pos_embed": own["pos_embed"]}
-    try:
-        load_module(encoder, state, f"{path}[{which} encoder]")
+        load_part(encoder, "encoder", state, f"{w.format} {w.source} [{which} encoder]")
     except CheckpointFormatError as e:
-        raise CheckpointFormatError(f"{e} (the model/data config must match the run's: pass --config "
+        raise CheckpointFormatError(f"{e} (the model/data config must match the weights: pass --config "
                                     f"RUN_DIR/config.yaml or set model.size)") from None
+    log.info("%s: %s", path, w.format)
     return which
 
 

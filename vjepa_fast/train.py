@@ -36,8 +36,8 @@ from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
-from vjepa_fast.reference_checkpoint import CheckpointFormatError, load_reference_into
 from vjepa_fast.schedules import Schedules
+from vjepa_fast.weights import CheckpointFormatError, load_into
 
 log = logging.getLogger("vjepa_fast.train")
 
@@ -90,7 +90,7 @@ class Trainer:
         ops._backend.set_check_indices(t.check_indices)
         self.model = build_model(cfg)
         if t.init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
-            loaded = load_reference_into(self.model, t.init_from)
+            loaded = load_into(self.model, t.init_from)
             if di.is_main:
                 log.info("initialised %s from %s", ", ".join(loaded), t.init_from)
         self.model = self.model.to(self.device)

@@ -1,4 +1,4 @@
-"""Import and export of the reference code's checkpoint format (RECIPE.md "Checkpoints of the reference code").
+"""The reference code's checkpoint layout (V-JEPA and V-JEPA 2 files): read, load into modules, write.
 
 The reference saves a dict with `encoder`, `predictor`, `target_encoder` (and optimizer state) whose parameter names
 carry wrapper prefixes (`module.backbone.`). Importing strips any such prefix, so no prefix surgery is needed by
@@ -12,13 +12,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vjepa_fast.weights.arch import CheckpointFormatError
+
 PREFIXES = ("module.backbone.", "module.", "backbone.", "_orig_mod.")
 PARTS = ("encoder", "predictor", "target_encoder")
 EXPORT_PREFIX = "module.backbone."
-
-
-class CheckpointFormatError(ValueError):
-    pass
 
 
 def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
