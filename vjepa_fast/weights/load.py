@@ -94,12 +94,13 @@ def load_encoder(path: str | Path, *, online: bool = False, config=None, device:
 
 def load_into(model: nn.Module, path: str | Path) -> list[str]:
     """Initialise the parts of a training model (encoder / predictor / target_encoder / decoder) from a weights
-    file, Hugging Face directory or run directory: train.init_from. A file with one encoder initialises the
-    target encoder from it too. Returns the parts loaded."""
+    file, Hugging Face directory or run directory: train.init_from. A file with one encoder initialises both the
+    online and the target encoder from it. Returns the parts loaded."""
     w = read_weights(path)
     parts = dict(w.parts)
-    if "target_encoder" not in parts and "encoder" in parts:
-        parts["target_encoder"] = parts["encoder"]
+    for have, fill in (("encoder", "target_encoder"), ("target_encoder", "encoder")):
+        if fill not in parts and have in parts:
+            parts[fill] = parts[have]
     loaded = []
     for name in ("encoder", "predictor", "target_encoder", "decoder"):
         module = getattr(model, name, None)

@@ -1,8 +1,8 @@
 """The reference code's checkpoint layout (V-JEPA and V-JEPA 2 files): read, load into modules, write.
 
 The reference saves a dict with `encoder`, `predictor`, `target_encoder` (and optimizer state) whose parameter names
-carry wrapper prefixes (`module.backbone.`). Importing strips any such prefix, so no prefix surgery is needed by
-hand; files are always loaded with `weights_only=True`, so no code from a downloaded file runs.
+carry wrapper prefixes (`module.backbone.`). Reading (formats.py) strips any such prefix, so no prefix surgery is
+needed by hand; files are always loaded with `weights_only=True`, so no code from a downloaded file runs.
 """
 from __future__ import annotations
 
@@ -32,24 +32,6 @@ def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_reference(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
-    """{part: state_dict with clean names} for each of encoder / predictor / target_encoder present in the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint "
-                                    f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(payload, dict):
-        raise CheckpointFormatError(f"{path}: expected a dict checkpoint, got {type(payload).__name__}")
-    parts = {k: strip_prefixes(payload[k]) for k in PARTS if isinstance(payload.get(k), dict)}
-    if not parts:
-        raise CheckpointFormatError(f"{path}: none of the keys {PARTS} found (keys: {sorted(payload)[:10]})")
-    return parts
-
-
 def load_module(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Strict load with an error that lists what is missing, unexpected or mis-shaped."""
     own = module.state_dict()
@@ -63,28 +45,20 @@ def load_module(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
     module.load_state_dict(state, strict=True)
 
 
-def load_reference_into(model: nn.Module, path: str | Path) -> list[str]:
-    """Load every part the file has into the V-JEPA model's matching sub-module; returns the parts loaded."""
-    parts = read_reference(path)
-    loaded = []
-    for name, state in parts.items():
-        module = getattr(model, name, None)
-        if module is None:
-            continue
-        load_module(module, state, f"{path}[{name}]")
-        loaded.append(name)
-    return loaded
-
-
-def export_reference(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write encoder / predictor / target_encoder in the reference layout (prefixed names, CPU tensors)."""
+def write_reference(parts: dict[str, dict[str, torch.Tensor]], path: str | Path,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write {part: state dict} in the reference layout (prefixed names, CPU tensors), atomically."""
     payload: dict[str, Any] = dict(extra or {})
-    for name in PARTS:
-        module = getattr(model, name, None)
-        if module is not None:
-            payload[name] = {EXPORT_PREFIX + k: v.detach().cpu() for k, v in module.state_dict().items()}
+    for name, state in parts.items():
+        payload[name] = {EXPORT_PREFIX + k: v.detach().cpu() for k, v in state.items()}
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def export_reference(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """A training model's encoder / predictor / target_encoder in the reference layout."""
+    return write_reference({name: getattr(model, name).state_dict() for name in PARTS
+                            if getattr(model, name, None) is not None}, path, extra)
