@@ -101,3 +101,12 @@ def test_wsd_schedule_warms_up_holds_and_cools_down():
     cfg = load_config(None, ["optim.lr_schedule=wsd", "optim.cooldown_steps=30", "train.steps=100"])
     sched = Schedules(cfg.optim, 100)
     assert sched(50)["lr"] == cfg.optim.lr and sched(99)["lr"] == pytest.approx(cfg.optim.final_lr)
+
+
+def test_the_fused_op_traces_as_one_graph():
+    # torch.compile sees the whole rotation (no graph break), so Inductor can fuse it with the qkv read
+    torch.manual_seed(3)
+    qkv = torch.randn(30, 3, 2, 20)
+    tables = rope_tables(torch.randint(0, 18, (30,)), (2, 3, 3), 20)
+    compiled = torch.compile(apply_rope_qkv, fullgraph=True, dynamic=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(qkv, tables), apply_rope_qkv(qkv, tables), rtol=0, atol=0)

@@ -174,3 +174,28 @@ def test_unknown_files_fail_in_one_line(tmp_path, subprocess_env):
                           timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
+
+
+def test_a_rotary_run_dir_loads_and_exports_to_transformers(tmp_path):
+    from vjepa_fast import train
+    from vjepa_fast.parallel import DistInfo
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"run_dir={run}", "model.pos_embed=rope", "train.steps=2", "train.batch_size=2",
+                             "train.progress=false", "data.num_workers=0", f"data.num_frames={FRAMES}",
+                             f"data.crop_size={CROP}", "optim.warmup_steps=1"])
+    trainer = train.Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+    trainer.run()
+    saved = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
+    assert saved["model_config"] == model_config(cfg)
+    (run / "config.yaml").unlink()  # the checkpoint alone describes the model
+    enc = load_encoder(run)
+    x = clips()
+    with torch.no_grad():
+        want = trainer.model.target_encoder.eval()(x)
+        torch.testing.assert_close(enc(x), want, rtol=0, atol=0)
+    export(str(run), "hf", str(tmp_path / "hf"))
+    theirs = transformers.VJEPA2Model.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        got = theirs(pixel_values_videos=x.permute(0, 2, 1, 3, 4), skip_predictor=True).last_hidden_state
+    assert (got - want).abs().max().item() <= 1e-5

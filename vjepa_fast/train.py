@@ -37,7 +37,7 @@ from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.schedules import Schedules
-from vjepa_fast.weights import CheckpointFormatError, load_into
+from vjepa_fast.weights import CheckpointFormatError, load_into, model_config
 
 log = logging.getLogger("vjepa_fast.train")
 
@@ -126,7 +126,7 @@ class Trainer:
 
     def save(self, next_step: int) -> None:
         extra = {"data_errors": self.data_errors, "data_attempts": self.data_attempts,
-                 "world_size": self.di.world_size}
+                 "world_size": self.di.world_size, "model_config": model_config(self.cfg)}
         checkpoint.save_checkpoint(self.cfg.run_dir, next_step, self.model, self.optimizer, extra,
                                    keep=self.cfg.train.keep_checkpoints, is_main=self.di.is_main)
 
