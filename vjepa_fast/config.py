@@ -95,7 +95,7 @@ class TrainConfig:
     max_nonfinite: int = 5  # consecutive NaN/Inf losses before the run stops
     check_indices: bool = False  # debug: range-check every gather/loss/attention index on the GPU too (host syncs)
     resume: bool = True  # continue from <run_dir>/checkpoints when one exists
-    init_from: Optional[str] = None  # start from a reference-format checkpoint (weights only; prefixes stripped)
+    init_from: Optional[str] = None  # start from weights (any format of docs/weights.md; weights only)
     progress: bool = True
     peak_tflops: Optional[float] = None  # override the device's peak for MFU
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
