@@ -25,7 +25,7 @@ class ModelConfig:
     tubelet_size: int = 2
     pred_width: Optional[int] = None  # None: the size's default predictor
     pred_depth: Optional[int] = None
-    pos_embed: str = "sincos"  # sincos (fixed 3D table, V-JEPA) / rope (3D rotary q, k, V-JEPA 2)
+    pos_embed: str = "sincos"  # sincos (3D table, V-JEPA) / sincos_1d (VideoMAE's) / rope (3D rotary, V-JEPA 2)
     num_heads: Optional[int] = None  # None: the size's head count
     pred_num_heads: Optional[int] = None  # None: the size's predictor head count
     pred_mask_tokens: int = 2  # learned mask tokens of the predictor (V-JEPA 2's checkpoints have 10)
@@ -304,8 +304,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.schedule_scale: must be >= 1")
     if len(o.betas) != 2:
         raise ConfigError("optim.betas: expected two numbers")
-    if m.pos_embed not in ("sincos", "rope"):
-        raise ConfigError(f"model.pos_embed: must be sincos or rope, got {m.pos_embed!r}")
+    if m.pos_embed not in ("sincos", "sincos_1d", "rope"):
+        raise ConfigError(f"model.pos_embed: must be sincos, sincos_1d or rope, got {m.pos_embed!r}")
+    if cfg.method == "videomae" and m.pos_embed == "rope":
+        raise ConfigError("model.pos_embed: the VideoMAE decoder takes sincos or sincos_1d, not rope")
     for name in ("num_heads", "pred_num_heads"):
         if getattr(m, name) is not None and getattr(m, name) < 1:
             raise ConfigError(f"model.{name}: must be >= 1")

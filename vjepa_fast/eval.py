@@ -41,7 +41,7 @@ from vjepa_fast.config import Config, ConfigError, load_config, to_dict
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
 from vjepa_fast.weights import CheckpointFormatError, read_weights
-from vjepa_fast.weights.load import load_part, pick_encoder
+from vjepa_fast.weights.load import load_part, pick_encoder, stated_kind
 
 log = logging.getLogger("vjepa_fast.eval")
 
@@ -146,7 +146,7 @@ def load_encoder_weights(encoder: nn.Module, path: Path, use_online: bool) -> st
     w = read_weights(path)
     which, state = pick_encoder(w, use_online)
     try:
-        load_part(encoder, "encoder", state, f"{w.format} {w.source} [{which} encoder]")
+        load_part(encoder, "encoder", state, f"{w.format} {w.source} [{which} encoder]", stated_kind(w))
     except CheckpointFormatError as e:
         raise CheckpointFormatError(f"{e} (the model/data config must match the weights: pass --config "
                                     f"RUN_DIR/config.yaml or set model.size)") from None

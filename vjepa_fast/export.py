@@ -45,18 +45,22 @@ def export(source: str, fmt: str, out: str, online: bool = False, predictor: boo
     which, encoder = pick_encoder(w, online)
     arch = resolve_arch(w, encoder, None, overrides)
     enc_part = "encoder" if which == "online" else "target_encoder"
-    want_predictor = predictor or fmt == "hf"
-    pred = w.parts.get("predictor") if want_predictor else None
+    videomae = arch.method == "videomae"
+    pred_part = "decoder" if videomae else "predictor"
+    want_predictor = predictor or (fmt == "hf" and not videomae)  # VJEPA2Model holds a predictor, VideoMAEModel not
+    pred = w.parts.get(pred_part) if want_predictor else None
     if predictor and pred is None:
-        raise CheckpointFormatError(f"{w.format} {w.source}: has no predictor to export")
-    parts = {enc_part: encoder, **({"predictor": pred} if pred is not None else {})}
+        raise CheckpointFormatError(f"{w.format} {w.source}: has no {pred_part} to export")
+    if videomae and fmt == "hf" and pred is not None:
+        raise CheckpointFormatError("--predictor: the Hugging Face VideoMAEModel holds the encoder only")
+    parts = {enc_part: encoder, **({pred_part: pred} if pred is not None else {})}
     if fmt == "safetensors":
         write_safetensors(parts, arch, out)
     elif fmt == "reference":
         write_reference(parts, out)
     else:
         write_hf(encoder, pred, arch, out)
-    what = f"the {which} encoder" + (" and the predictor" if pred is not None else "")
+    what = f"the {which} encoder" + (f" and the {pred_part}" if pred is not None else "")
     return f"exported {what} of {w.format} {w.source} as {fmt} to {out}"
 
 

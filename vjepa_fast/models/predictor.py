@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from vjepa_fast.masks import PackedMasks
-from vjepa_fast.models.pos_embed import Grid, sincos_3d
+from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.rope import rope_tables
-from vjepa_fast.models.vit import LN_EPS, POS_EMBEDS, VIT_SIZES, Block, init_weights, rescale_blocks
+from vjepa_fast.models.vit import LN_EPS, VIT_SIZES, Block, init_weights, rescale_blocks
 from vjepa_fast.ops.gather import indexed_gather_add
 
 # Predictor width / depth per encoder size; heads follow the encoder (RECIPE). The giant encoder's 22 heads do not
@@ -33,8 +33,6 @@ class Predictor(nn.Module):
                  grid: Grid = (8, 14, 14), num_mask_tokens: int = 2, mlp_ratio: float = 4.0,
                  pos_embed: str = "sincos"):
         super().__init__()
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"unknown position embedding {pos_embed!r}; choose one of {POS_EMBEDS}")
         if num_mask_tokens < 1:
             raise ValueError(f"num_mask_tokens must be >= 1, got {num_mask_tokens}")
         self.embed_dim, self.pred_dim, self.num_heads = embed_dim, pred_dim, num_heads
@@ -43,8 +41,9 @@ class Predictor(nn.Module):
         self.predictor_embed = nn.Linear(embed_dim, pred_dim)
         self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, 1, pred_dim)) for _ in range(num_mask_tokens))
         self.pos_kind = pos_embed
-        if pos_embed == "sincos":
-            self.register_buffer("predictor_pos_embed", sincos_3d(self.grid, pred_dim)[None], persistent=True)
+        table = position_table(pos_embed, self.grid, pred_dim)
+        if table is not None:
+            self.register_buffer("predictor_pos_embed", table[None], persistent=True)
         else:  # rotary positions inside attention (V-JEPA 2): no table
             self.predictor_pos_embed = None
         self.predictor_blocks = nn.ModuleList(Block(pred_dim, num_heads, mlp_ratio) for _ in range(depth))

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from vjepa_fast.models.pos_embed import Grid, interpolate_pos, sincos_3d
+from vjepa_fast.models.pos_embed import POS_EMBEDS, Grid, interpolate_pos, position_table
 from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, rope_tables
 from vjepa_fast.ops import masked_gather, varlen_attention
 
@@ -30,7 +30,6 @@ INIT_STD = 0.02
 # with std 0.02. Kept that way so that initial weights have the reference's statistics.
 INIT_TRUNC = 100.0  # truncate the normal at +-INIT_TRUNC standard deviations
 LN_EPS = 1e-6
-POS_EMBEDS = ("sincos", "rope")  # fixed 3D sin-cos table added to the tokens / V-JEPA 2's rotary q, k
 
 
 def init_weights(module: nn.Module) -> None:
@@ -155,8 +154,9 @@ class VisionTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed3D(in_chans, self.embed_dim, patch_size, tubelet_size)
         self.pos_kind = pos_embed
-        if pos_embed == "sincos":  # fixed, persistent (the reference checkpoints carry it), never trained
-            self.register_buffer("pos_embed", sincos_3d(self.grid, self.embed_dim)[None], persistent=True)
+        table = position_table(pos_embed, self.grid, self.embed_dim)  # POS_EMBEDS
+        if table is not None:  # fixed, persistent (the reference checkpoints carry it), never trained
+            self.register_buffer("pos_embed", table[None], persistent=True)
         else:  # rotary positions inside attention; no table (V-JEPA 2 checkpoints have none)
             self.pos_embed = None
         self.blocks = nn.ModuleList(Block(self.embed_dim, self.num_heads, cfg["mlp_ratio"]) for _ in range(self.depth))

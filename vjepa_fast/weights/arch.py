@@ -100,6 +100,17 @@ def build_predictor_from(arch: ModelArch) -> nn.Module:
                      pos_embed=arch.pos_embed)
 
 
+def build_decoder_from(arch: ModelArch) -> nn.Module:
+    """The VideoMAE baseline's decoder (pred_* fields: its width, depth, heads)."""
+    from vjepa_fast.models.videomae import VideoMAEDecoder
+
+    if arch.pred_dim is None:
+        raise CheckpointFormatError("the model config has no decoder")
+    return VideoMAEDecoder(arch.embed_dim, arch.pred_dim, arch.pred_depth, arch.pred_num_heads, arch.grid,
+                           out_dim=arch.in_chans * arch.tubelet_size * arch.patch_size ** 2,
+                           mlp_ratio=arch.pred_mlp_ratio, pos_embed=arch.pos_embed)
+
+
 # ---- detection from tensor shapes --------------------------------------------------------------------------------
 # Head counts a state dict cannot show. (width, depth, position kind) of the published encoders -> heads; the
 # V-JEPA giant uses 16 heads, the V-JEPA 2 giant 22 (head dim 64). V-JEPA 2 predictors all have 12 heads.
@@ -130,7 +141,7 @@ def detect_arch(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str, 
     depth = _count(encoder, "blocks.")
     if depth == 0 or "blocks.0.mlp.fc1.weight" not in encoder:
         raise CheckpointFormatError(f"{where}: no encoder blocks (blocks.N.*) in the weights")
-    kind = pos_embed or ("sincos" if "pos_embed" in encoder else "rope")
+    kind = pos_embed or _table_kind(encoder.get("pos_embed"))
     arch = ModelArch(embed_dim=int(D), depth=depth, in_chans=int(C), tubelet_size=int(t), patch_size=int(p),
                      mlp_ratio=encoder["blocks.0.mlp.fc1.weight"].shape[0] / D, pos_embed=kind)
     if kind == "rope":  # V-JEPA 2's published clip size
@@ -165,6 +176,13 @@ def detect_arch(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str, 
         if v is not None:
             setattr(arch, k, v)
     return arch
+
+
+def _table_kind(table: Optional[torch.Tensor]) -> str:
+    """rope without a table; the 1D table (VideoMAE) has cos(0) = 1 in channel 1 of token 0, the 3D one sin(0) = 0."""
+    if table is None:
+        return "rope"
+    return "sincos_1d" if table.reshape(-1, table.shape[-1])[0, 1].item() > 0.5 else "sincos"
 
 
 def _default_pred_heads(arch: ModelArch) -> Optional[int]:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from vjepa_fast.weights import hf
+from vjepa_fast.weights import hf, hf_videomae
 from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch
 from vjepa_fast.weights.reference import PARTS, strip_prefixes
 
@@ -147,9 +147,9 @@ def _read_hf_dir(d: Path, weights_file: Optional[Path] = None) -> Weights:
     except (OSError, ValueError) as e:
         raise CheckpointFormatError(f"{d / 'config.json'}: not readable JSON ({e})") from None
     model_type = config.get("model_type")
-    if model_type != hf.MODEL_TYPE:
+    if model_type not in (hf.MODEL_TYPE, hf_videomae.MODEL_TYPE):
         raise CheckpointFormatError(f"{d}: a Hugging Face model of type {model_type!r}; supported: "
-                                    f"{hf.MODEL_TYPE!r} (VJEPA2Model)")
+                                    f"{hf.MODEL_TYPE!r} (VJEPA2Model), {hf_videomae.MODEL_TYPE!r} (VideoMAE)")
     if weights_file is None:
         weights_file = next((d / n for n in HF_WEIGHT_FILES if (d / n).is_file()), None)
         if weights_file is None:
@@ -158,8 +158,14 @@ def _read_hf_dir(d: Path, weights_file: Optional[Path] = None) -> Weights:
     state = read_safetensors(weights_file)[0] if weights_file.suffix == ".safetensors" else torch_load(weights_file)
     if not isinstance(state, dict):
         raise CheckpointFormatError(f"{weights_file}: expected a state dict")
+    where = str(d / "config.json")
+    if model_type == hf_videomae.MODEL_TYPE:
+        kind = "Hugging Face VideoMAEForPreTraining" if "encoder_to_decoder.weight" in state \
+            else "Hugging Face VideoMAEModel"
+        return Weights(kind, weights_file, hf_videomae.to_ours(state), hf_videomae.arch_from_config(config, where),
+                       {"config": config})
     # VJEPA2ForVideoClassification nests the model under vjepa2.; its pooler and classifier are not ours to load
     state = {k[len("vjepa2."):] if k.startswith("vjepa2.") else k: v for k, v in state.items()
              if not k.startswith(("pooler.", "classifier."))}
     return Weights("Hugging Face VJEPA2Model", weights_file, hf.to_ours(state),
-                   hf.arch_from_config(config, str(d / "config.json")), {"config": config})
+                   hf.arch_from_config(config, where), {"config": config})

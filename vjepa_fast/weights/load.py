@@ -52,12 +52,16 @@ def resolve_arch(w: Weights, encoder: dict, config=None, overrides: Optional[dic
     return dataclasses.replace(arch, **over)
 
 
-def load_part(module: nn.Module, part: str, state: dict[str, torch.Tensor], where: str) -> None:
+def load_part(module: nn.Module, part: str, state: dict[str, torch.Tensor], where: str,
+              stated_kind: Optional[str] = None) -> None:
     """Strict load of one part; its fixed position table comes from the module when the file's is for another clip
-    size, or when the module uses rotary positions (a stray table is ignored)."""
+    size, when the module uses rotary positions (a stray table is ignored), or when the file states the same kind of
+    fixed table without storing it (`stated_kind`, e.g. Hugging Face VideoMAE)."""
     table = POS_TABLES.get(part)
     own = module.state_dict()
     if table is not None:
+        if table in own and table not in state and stated_kind == getattr(module, "pos_kind", None):
+            state = {**state, table: own[table]}
         if table in state and table not in own:
             log.info("%s: %s ignored (the model uses rotary positions)", where, table)
             state = {k: v for k, v in state.items() if k != table}
@@ -72,6 +76,10 @@ def load_part(module: nn.Module, part: str, state: dict[str, torch.Tensor], wher
     load_module(module, state, where)
 
 
+def stated_kind(w: Weights) -> Optional[str]:
+    return w.arch.pos_embed if w.arch is not None else None
+
+
 def load_encoder(path: str | Path, *, online: bool = False, config=None, device: Optional[str] = None,
                  **overrides) -> nn.Module:
     """Any supported weights file, Hugging Face directory or run directory -> the encoder, frozen, in eval mode.
@@ -84,7 +92,7 @@ def load_encoder(path: str | Path, *, online: bool = False, config=None, device:
     which, state = pick_encoder(w, online)
     arch = resolve_arch(w, state, config, overrides)
     encoder = build_encoder_from(arch)
-    load_part(encoder, "encoder", state, f"{w.format} {w.source} [{which} encoder]")
+    load_part(encoder, "encoder", state, f"{w.format} {w.source} [{which} encoder]", stated_kind(w))
     log.info("%s: %s; the %s encoder (%d wide, %d blocks, %d heads, %s positions)", path, w.format, which,
              arch.embed_dim, arch.depth, arch.num_heads, arch.pos_embed)
     encoder.requires_grad_(False)
@@ -106,7 +114,7 @@ def load_into(model: nn.Module, path: str | Path) -> list[str]:
         module = getattr(model, name, None)
         if module is None or name not in parts:
             continue
-        load_part(module, name, parts[name], f"{w.format} {w.source} [{name}]")
+        load_part(module, name, parts[name], f"{w.format} {w.source} [{name}]", stated_kind(w))
         loaded.append(name)
     if not loaded:
         raise CheckpointFormatError(f"{w.format} {w.source}: nothing to load into this model (file parts: "

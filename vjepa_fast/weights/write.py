@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from vjepa_fast.weights import hf
+from vjepa_fast.weights import hf, hf_videomae
 from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch
 from vjepa_fast.weights.formats import SAFETENSORS_FORMAT
 from vjepa_fast.weights.reference import write_reference
@@ -33,17 +33,21 @@ def write_safetensors(parts: dict[str, dict[str, torch.Tensor]], arch: ModelArch
 
 def write_hf(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str, torch.Tensor]], arch: ModelArch,
              out_dir: str | Path) -> Path:
-    """A directory `transformers.VJEPA2Model.from_pretrained` loads: config.json + model.safetensors."""
+    """A directory transformers loads: config.json + model.safetensors of a VJEPA2Model (V-JEPA models with rotary
+    positions) or a VideoMAEModel (the VideoMAE baseline's encoder)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    config = hf.config_from_arch(arch)  # refuses a sin-cos model before anything is written
+    videomae = arch.method == "videomae"
+    # refuses an architecture the target class cannot hold before anything is written
+    config = hf_videomae.config_from_arch(arch) if videomae else hf.config_from_arch(arch)
+    state = hf_videomae.to_theirs(encoder) if videomae else hf.to_theirs(encoder, predictor)
     ours = {"config.json", "model.safetensors"}
     if out.exists() and (not out.is_dir() or set(os.listdir(out)) - ours):
         raise CheckpointFormatError(f"{out}: exists and is not an exported model directory; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "model.safetensors.tmp"
-    save_file(_plain(hf.to_theirs(encoder, predictor)), str(tmp), metadata={"format": "pt"})
+    save_file(_plain(state), str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
     (out / "config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
     os.replace(out / "config.json.tmp", out / "config.json")
