@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vjepa_fast import train
 from vjepa_fast.config import load_config

@@ -199,3 +199,16 @@ def test_a_rotary_run_dir_loads_and_exports_to_transformers(tmp_path):
     with torch.no_grad():
         got = theirs(pixel_values_videos=x.permute(0, 2, 1, 3, 4), skip_predictor=True).last_hidden_state
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_eval_probes_a_hugging_face_directory(hf_dir, tmp_path, capsys):
+    from vjepa_fast import eval as ev
+
+    d, _ = hf_dir
+    out = tmp_path / "probe.json"
+    rc = ev.main(["--checkpoint", str(d), "--epochs", "1", "--train-samples", "8", "--val-samples", "4",
+                  "--batch-size", "4", "--out", str(out), f"data.num_frames={FRAMES}", f"data.crop_size={CROP}",
+                  "data.num_workers=0"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["model"]["pos_embed"] == "rope" and res["model"]["embed_dim"] == 60 and res["encoder"] == "online"

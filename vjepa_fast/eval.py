@@ -3,7 +3,9 @@
 The encoder of a training run (its EMA target encoder unless --use-online-encoder) is frozen, an attentive probe
 (vjepa_fast/models/probe.py) is trained on its output tokens with AdamW and a cosine learning rate, and the top-1
 accuracy on the validation split is printed and written as JSON. Without --checkpoint it evaluates a randomly
-initialised encoder: the baseline a pretrained encoder has to beat. See docs/eval.md.
+initialised encoder: the baseline a pretrained encoder has to beat. --checkpoint also takes any weights file or
+directory of docs/weights.md (V-JEPA / V-JEPA 2 reference files, Hugging Face VJEPA2Model or VideoMAE directories,
+exported safetensors); without a run config or --config the architecture is the file's. See docs/eval.md.
 
 Read top to bottom: options -> checkpoint -> data splits -> frozen features -> probe training -> main.
 """
@@ -27,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from vjepa_fast.config import Config, ConfigError, load_config, to_dict
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
 from vjepa_fast.weights import CheckpointFormatError, read_weights
-from vjepa_fast.weights.load import load_part, pick_encoder, stated_kind
+from vjepa_fast.weights.load import load_part, open_encoder, pick_encoder, stated_kind
 
 log = logging.getLogger("vjepa_fast.eval")
 
@@ -104,7 +106,7 @@ def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], Eva
     p = argparse.ArgumentParser(prog="python -m vjepa_fast.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="model/data config (default: the run's config.yaml when --checkpoint is a run)")
-    p.add_argument("--checkpoint", help="run dir, training checkpoint (.pt) or reference-format file")
+    p.add_argument("--checkpoint", help="run dir, training checkpoint or any weights file / dir (docs/weights.md)")
     p.add_argument("--use-online-encoder", action="store_true", help="probe the online encoder, not the EMA target")
     p.add_argument("--label", choices=LABELS, help="synthetic data: which label to predict (default appearance)")
     d = EvalConfig()
@@ -405,18 +407,27 @@ def accuracy(probe: nn.Module, batches) -> tuple[float, int]:
     return correct / count, count
 
 
-def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None) -> dict:
-    """Build, load, freeze, train the probe, measure; returns the result dict (what the JSON file holds)."""
+def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_from_file: bool = False) -> dict:
+    """Build, load, freeze, train the probe, measure; returns the result dict (what the JSON file holds).
+    arch_from_file: the architecture is the weights file's (stated or detected; vjepa_fast.load_encoder), the clip
+    size the config's; otherwise the config defines the model and the file must match it."""
     t_start = time.perf_counter()
     device = torch.device(e.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for op, name in cfg.backends.items():
         ops.set_backend(op, name)
     torch.manual_seed(e.seed)
-    encoder = build_encoder(cfg)
-    if ckpt_file is not None:
+    model_cfg = to_dict(cfg)["model"]
+    if ckpt_file is not None and arch_from_file:
+        encoder, which, _, arch = open_encoder(ckpt_file, online=e.use_online_encoder,
+                                               num_frames=cfg.data.num_frames, crop_size=cfg.data.crop_size)
+        model_cfg = arch.to_dict()
+        log.info("evaluating the %s encoder of %s", which, ckpt_file)
+    elif ckpt_file is not None:
+        encoder = build_encoder(cfg)
         which = load_encoder_weights(encoder, ckpt_file, e.use_online_encoder)
         log.info("evaluating the %s encoder of %s", which, ckpt_file)
     else:
+        encoder = build_encoder(cfg)
         which = "random"
         log.warning("no --checkpoint: evaluating a randomly initialised encoder (a baseline, not a trained model)")
     encoder = freeze(encoder).to(device)
@@ -451,7 +462,7 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None) -> di
         "accuracy": val_acc, "val_samples": n_val, "train_samples": len(train.dataset), "epochs": e.epochs,
         "checkpoint": str(ckpt_file) if ckpt_file is not None else None, "encoder": which,
         "baseline": ckpt_file is None, "label": label, "num_classes": num_classes,
-        "model": to_dict(cfg)["model"], "data_path": cfg.data.path, "val_path": e.val_path,
+        "model": model_cfg, "data_path": cfg.data.path, "val_path": e.val_path,
         "num_frames": cfg.data.num_frames, "crop_size": cfg.data.crop_size, "segments": val.segments,
         "views": val.views, "lr": e.lr, "weight_decay": e.weight_decay, "batch_size": e.batch_size,
         "probe_depth": e.probe_depth, "probe_heads": e.probe_heads or encoder.num_heads, "seed": e.seed,
@@ -483,8 +494,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if config_path is None and run_cfg is not None:
             config_path = str(run_cfg)
             log.info("model/data config from %s", run_cfg)
+        # no run config and no --config: the weights file says what the model is (V-JEPA 2, Hugging Face, ...)
+        arch_from_file = ckpt_file is not None and config_path is None
         cfg = load_config(config_path, overrides)
-        result = evaluate(cfg, e, ckpt_file)
+        result = evaluate(cfg, e, ckpt_file, arch_from_file)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ _PREDICTOR = (("predictor_embed", "embeddings.predictor_embeddings"), ("predicto
               ("predictor_proj", "proj"))
 
 
-def _rename(state: dict[str, torch.Tensor], blocks_from: str, blocks_to: str, block_names: dict[str, str],
+def rename_keys(state: dict[str, torch.Tensor], blocks_from: str, blocks_to: str, block_names: dict[str, str],
             outside: dict[str, str], what: str) -> dict[str, torch.Tensor]:
     """Rename `<blocks_from>.N.<name>.<weight|bias>` and `<name>.<weight|bias>` keys by the two tables."""
     out: dict[str, torch.Tensor] = {}
@@ -51,7 +51,7 @@ def _part_to_ours(theirs: dict[str, torch.Tensor], blocks: str, outside) -> dict
             fused.setdefault(f"{blocks}.{m.group(1)}.attn.qkv.{m.group(3)}", [None] * 3)[_QKV.index(m.group(2))] = v
         else:
             rest[k] = v
-    out = _rename(rest, "layer", blocks, {t: o for o, t in _BLOCK}, {t: o for o, t in outside},
+    out = rename_keys(rest, "layer", blocks, {t: o for o, t in _BLOCK}, {t: o for o, t in outside},
                   "Hugging Face VJEPA2 weights")
     for k, parts in fused.items():
         if any(p is None for p in parts):
@@ -69,7 +69,7 @@ def _part_to_theirs(ours: dict[str, torch.Tensor], blocks: str, outside) -> dict
                 split[f"layer.{m.group(1)}.attention.{n}.{m.group(2)}"] = chunk.contiguous()
         else:
             rest[k] = v
-    out = _rename(rest, blocks, "layer", dict(_BLOCK), dict(outside), "export to Hugging Face VJEPA2")
+    out = rename_keys(rest, blocks, "layer", dict(_BLOCK), dict(outside), "export to Hugging Face VJEPA2")
     out.update(split)
     return out
 

@@ -19,7 +19,7 @@ import torch
 
 from vjepa_fast.models.vit import LN_EPS
 from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch
-from vjepa_fast.weights.hf import _rename
+from vjepa_fast.weights.hf import rename_keys
 
 log = logging.getLogger("vjepa_fast.weights")
 
@@ -43,7 +43,7 @@ def _blocks_to_ours(theirs: dict[str, torch.Tensor], blocks_from: str, outside, 
             qkv.setdefault(m.group(1), {})[_BIAS_ON_DISK.get(m.group(2), m.group(2))] = v
         else:
             rest[k] = v
-    out = _rename(rest, blocks_from, "blocks", {t: o for o, t in _BLOCK}, {t: o for o, t in outside}, what)
+    out = rename_keys(rest, blocks_from, "blocks", {t: o for o, t in _BLOCK}, {t: o for o, t in outside}, what)
     for i, parts in qkv.items():
         if any(f"{n}.weight" not in parts for n in _QKV):
             raise CheckpointFormatError(f"{what}: layer {i} lacks a query / key / value weight")
@@ -67,7 +67,7 @@ def _blocks_to_theirs(ours: dict[str, torch.Tensor], blocks_to: str, outside, wh
                 split[f"{blocks_to}.{m.group(1)}.attention.attention.{name}"] = chunk.contiguous()
         else:
             rest[k] = v
-    out = _rename(rest, "blocks", blocks_to, dict(_BLOCK), dict(outside), what)
+    out = rename_keys(rest, "blocks", blocks_to, dict(_BLOCK), dict(outside), what)
     out.update(split)
     return out
 

@@ -80,14 +80,9 @@ def stated_kind(w: Weights) -> Optional[str]:
     return w.arch.pos_embed if w.arch is not None else None
 
 
-def load_encoder(path: str | Path, *, online: bool = False, config=None, device: Optional[str] = None,
-                 **overrides) -> nn.Module:
-    """Any supported weights file, Hugging Face directory or run directory -> the encoder, frozen, in eval mode.
-
-    `forward(clips)` takes [B, 3, T, H, W] clips (normalised as in training) and returns token features [B, N, D].
-    The target (EMA) encoder by default, the online one with online=True. The architecture is the file's (stated
-    or detected) unless `config` (a Config) is given; `overrides` set ModelArch fields (num_frames, crop_size,
-    num_heads, pos_embed, ...)."""
+def open_encoder(path: str | Path, *, online: bool = False, config=None,
+                 **overrides) -> tuple[nn.Module, str, Weights, ModelArch]:
+    """load_encoder's work: (frozen encoder, which one ("target" / "online"), the weights read, the architecture)."""
     w = read_weights(path)
     which, state = pick_encoder(w, online)
     arch = resolve_arch(w, state, config, overrides)
@@ -97,6 +92,18 @@ def load_encoder(path: str | Path, *, online: bool = False, config=None, device:
              arch.embed_dim, arch.depth, arch.num_heads, arch.pos_embed)
     encoder.requires_grad_(False)
     encoder.eval()
+    return encoder, which, w, arch
+
+
+def load_encoder(path: str | Path, *, online: bool = False, config=None, device: Optional[str] = None,
+                 **overrides) -> nn.Module:
+    """Any supported weights file, Hugging Face directory or run directory -> the encoder, frozen, in eval mode.
+
+    `forward(clips)` takes [B, 3, T, H, W] clips (normalised as in training) and returns token features [B, N, D].
+    The target (EMA) encoder by default, the online one with online=True. The architecture is the file's (stated
+    or detected) unless `config` (a Config) is given; `overrides` set ModelArch fields (num_frames, crop_size,
+    num_heads, pos_embed, ...)."""
+    encoder = open_encoder(path, online=online, config=config, **overrides)[0]
     return encoder.to(device) if device is not None else encoder
 
 
