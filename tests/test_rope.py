@@ -109,3 +109,13 @@ def test_the_fused_op_traces_as_one_graph():
     tables = rope_tables(torch.randint(0, 18, (30,)), (2, 3, 3), 20)
     compiled = torch.compile(apply_rope_qkv, fullgraph=True, dynamic=True, backend="aot_eager")
     torch.testing.assert_close(compiled(qkv, tables), apply_rope_qkv(qkv, tables), rtol=0, atol=0)
+
+
+def test_one_table_serves_every_whole_clip():
+    torch.manual_seed(4)
+    grid, N, Dh = (2, 2, 3), 12, 18
+    qkv = torch.randn(3 * N, 3, 2, Dh)
+    per_row = apply_rope_qkv(qkv, rope_tables(torch.arange(3 * N) % N, grid, Dh))
+    torch.testing.assert_close(apply_rope_qkv(qkv, rope_tables(torch.arange(N), grid, Dh)), per_row, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="multiple"):
+        apply_rope_qkv(qkv[:-1], rope_tables(torch.arange(N), grid, Dh))

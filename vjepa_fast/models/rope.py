@@ -75,14 +75,16 @@ def _pair_swap(x: torch.Tensor) -> torch.Tensor:
 def apply_rope_qkv(qkv: torch.Tensor, tables: RopeTables) -> torch.Tensor:
     """Rotate q and k of qkv [R, 3, H, Dh] by the tables' positions; v is passed through. Returns [R, 3, H, Dh].
 
-    Computed in float32 and rounded once to qkv's dtype; one elementwise expression over q and k together."""
-    if qkv.dim() != 4 or qkv.shape[1] != 3 or qkv.shape[0] != tables.cos.shape[0] \
-            or qkv.shape[3] != tables.cos.shape[1]:
-        raise ValueError(f"apply_rope_qkv: qkv must be [R, 3, H, Dh] matching tables {tuple(tables.cos.shape)}, "
-                         f"got {tuple(qkv.shape)}")
-    qk = qkv[:, :2].float()
+    The tables have R rows, or R / B rows for B whole clips back to back (the dense path: one table of N rows
+    serves every clip). Computed in float32 and rounded once to qkv's dtype; one elementwise expression over q and
+    k together."""
+    R, P = qkv.shape[0], tables.cos.shape[0]
+    if qkv.dim() != 4 or qkv.shape[1] != 3 or qkv.shape[3] != tables.cos.shape[1] or P == 0 or R % P:
+        raise ValueError(f"apply_rope_qkv: qkv must be [R, 3, H, Dh] with R a multiple of the tables' rows "
+                         f"{tuple(tables.cos.shape)}, got {tuple(qkv.shape)}")
+    qk = qkv[:, :2].float().reshape(R // P, P, 2, *qkv.shape[2:])
     cos, sin = tables.cos[:, None, None, :], tables.sin[:, None, None, :]
-    rotated = (qk * cos + _pair_swap(qk) * sin).to(qkv.dtype)
+    rotated = (qk * cos + _pair_swap(qk) * sin).to(qkv.dtype).reshape(R, 2, *qkv.shape[2:])
     return torch.cat([rotated, qkv[:, 2:]], dim=1)
 
 

@@ -201,7 +201,7 @@ class VisionTransformer(nn.Module):
                 raise ValueError("cu_seqlens / max_seqlen given without rows: the dense path takes neither")
             x = (tokens if pos is None else tokens + pos.to(tokens.dtype)).reshape(B * N, D)
             cu = torch.arange(B + 1, device=x.device, dtype=torch.int32) * N
-            rope = self.rope_for(torch.arange(B * N, device=x.device) % N, grid)
+            rope = self.rope_for(torch.arange(N, device=x.device), grid)  # one table for every clip
             return self.run_blocks(x, cu, N, uniform_len=N, rope=rope).reshape(B, N, D)
         if cu_seqlens is None or max_seqlen is None:
             raise ValueError("the packed path needs rows, cu_seqlens and max_seqlen together")
