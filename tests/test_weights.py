@@ -85,6 +85,17 @@ def test_predictor_matches_transformers_on_masked_rows(hf_dir):
     assert (got - want).abs().max().item() <= 1e-5
 
 
+def test_pytorch_model_bin_and_the_weights_file_itself(hf_dir, tmp_path):
+    d, model = hf_dir
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((d / "config.json").read_text())
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    ref = load_encoder(d).state_dict()
+    for source in (tmp_path / "bin", tmp_path / "bin" / "pytorch_model.bin", d / "model.safetensors"):
+        for k, v in load_encoder(source).state_dict().items():
+            assert torch.equal(v, ref[k]), (source, k)
+
+
 def test_mismatched_size_is_one_line_naming_it(hf_dir):
     d, _ = hf_dir
     cfg = load_config(None, ["model.pos_embed=rope", f"data.num_frames={FRAMES}", f"data.crop_size={CROP}"])

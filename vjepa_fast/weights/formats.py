@@ -129,6 +129,8 @@ def _arch_of_run_config(path: Path) -> ModelArch:
 
 
 def _read_run_dir(p: Path) -> Weights:
+    """The newest checkpoint of a run directory (or of its checkpoints/ folder): the one place here that knows how a
+    run stores its checkpoints."""
     from vjepa_fast import checkpoint as ckpt
 
     run = p.parent if p.name == "checkpoints" and not (p / "checkpoints").is_dir() else p
