@@ -82,3 +82,13 @@ def test_encoder_exports_to_videomae_model(hf_pretraining, tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(CheckpointFormatError, match="holds the encoder only"):
         export(str(d), "hf", str(tmp_path / "vm2"), predictor=True)
+
+
+def test_sincos_1d_is_videomae_table_at_any_clip_size():
+    from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
+
+    from vjepa_fast.models.vit import VisionTransformer
+
+    enc = VisionTransformer("tiny", img_size=32, num_frames=4, pos_embed="sincos_1d")
+    torch.testing.assert_close(enc.pos_embed, get_sinusoid_encoding_table(8, 96))
+    torch.testing.assert_close(enc.pos_table((3, 2, 3)), get_sinusoid_encoding_table(18, 96)[0])

@@ -179,7 +179,10 @@ class VisionTransformer(nn.Module):
         cached = self._pos_cache.get(key)
         if cached is None:
             with torch.no_grad():
-                cached = interpolate_pos(table, self.grid, tuple(grid))
+                if self.pos_kind == "sincos_1d":  # a table over the token index: rebuilt, not resized
+                    cached = position_table("sincos_1d", tuple(grid), table.shape[1]).to(table)
+                else:
+                    cached = interpolate_pos(table, self.grid, tuple(grid))
             self._pos_cache = {k: v for k, v in self._pos_cache.items() if k[3:] == key[3:]}
             self._pos_cache[key] = cached
         return cached
