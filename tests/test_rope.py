@@ -119,3 +119,22 @@ def test_one_table_serves_every_whole_clip():
     torch.testing.assert_close(apply_rope_qkv(qkv, rope_tables(torch.arange(N), grid, Dh)), per_row, rtol=0, atol=0)
     with pytest.raises(ValueError, match="multiple"):
         apply_rope_qkv(qkv[:-1], rope_tables(torch.arange(N), grid, Dh))
+
+
+def test_triton_kernel_matches_the_torch_op_forward_and_backward(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(5)
+    grid, Dh = (2, 3, 3), 20  # rotary segments of 6 and a 2-channel tail
+    qkv = torch.randn(2 * 18, 3, 2, Dh, requires_grad=True)
+    for index in (torch.arange(18), torch.randint(0, 18, (36,))):  # one table for whole clips / one row each
+        tables = rope_tables(index, grid, Dh)
+        grad = torch.randn(36, 3, 2, Dh)
+        monkeypatch.setenv("VJEPA_FAST_ROPE_BACKEND", "torch")
+        want = apply_rope_qkv(qkv, tables)
+        (want_grad,) = torch.autograd.grad(want, qkv, grad)
+        monkeypatch.setenv("VJEPA_FAST_ROPE_BACKEND", "triton")
+        got = apply_rope_qkv(qkv, tables)
+        (got_grad,) = torch.autograd.grad(got, qkv, grad)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)

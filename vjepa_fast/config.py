@@ -118,7 +118,7 @@ class Config:
 METHODS = ("vjepa", "videomae")
 SIZES = ("tiny", "small", "base", "large", "huge", "giant")
 PRECISIONS = ("auto", "bf16", "fp32")
-OPS = ("gather", "attention", "dense_attention", "l1_loss", "ema")
+OPS = ("gather", "attention", "dense_attention", "l1_loss", "ema", "rope")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:

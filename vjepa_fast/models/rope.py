@@ -12,15 +12,20 @@ Layout (what the published V-JEPA 2 weights were trained with; docs/weights.md):
 
 `RopeTables` holds cos / sin [T, Dh] for the rows of one forward pass (built once, used by every block);
 `apply_rope_qkv` rotates q and k in one elementwise expression (fused by torch.compile) and leaves v as it is.
-`apply_rope_qkv_reference` is the definition written segment by segment, for the tests.
+`apply_rope_qkv_reference` is the definition written segment by segment, for the tests. The op `rope` has two
+backends: `torch` (the default, and always under torch.compile) and `triton` (ops/triton_rope.py: one kernel launch
+in eager mode; opt in with backends.rope=triton or VJEPA_FAST_ROPE_BACKEND=triton until a GPU benchmark shows
+it pays).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import os
+from typing import NamedTuple, Optional
 
 import torch
 
 from vjepa_fast.models.pos_embed import Grid
+from vjepa_fast.ops import _backend
 
 THETA = 10000.0
 
@@ -82,10 +87,29 @@ def apply_rope_qkv(qkv: torch.Tensor, tables: RopeTables) -> torch.Tensor:
     if qkv.dim() != 4 or qkv.shape[1] != 3 or qkv.shape[3] != tables.cos.shape[1] or P == 0 or R % P:
         raise ValueError(f"apply_rope_qkv: qkv must be [R, 3, H, Dh] with R a multiple of the tables' rows "
                          f"{tuple(tables.cos.shape)}, got {tuple(qkv.shape)}")
+    if not torch.compiler.is_compiling() and _backend.choose(OP, qkv.device, _BACKENDS) == "triton":
+        from vjepa_fast.ops.triton_rope import rope_qkv_triton
+
+        return rope_qkv_triton(qkv, tables.cos, tables.sin)
     qk = qkv[:, :2].float().reshape(R // P, P, 2, *qkv.shape[2:])
     cos, sin = tables.cos[:, None, None, :], tables.sin[:, None, None, :]
     rotated = (qk * cos + _pair_swap(qk) * sin).to(qkv.dtype).reshape(R, 2, *qkv.shape[2:])
     return torch.cat([rotated, qkv[:, 2:]], dim=1)
+
+
+def _triton_reason(device: torch.device) -> Optional[str]:
+    interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    if device.type != "cuda" and not interpreted:
+        return "needs a CUDA tensor (or TRITON_INTERPRET=1)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    return None
+
+
+OP = "rope"
+_BACKENDS: dict[str, _backend.Check] = {"torch": _backend.always, "triton": _triton_reason}
 
 
 def apply_rope_qkv_reference(qkv: torch.Tensor, index: torch.Tensor, grid: Grid) -> torch.Tensor:
