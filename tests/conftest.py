@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 # Tests that run Triton kernels under the interpreter go first: once inductor has compiled a graph in this process,
 # interpreted kernels can fail with "Cannot call @triton.jit'd outside of the scope of a kernel".
-TRITON_INTERPRETER_FILES = ("test_attention.py", "test_l1_loss.py")
+TRITON_INTERPRETER_FILES = ("test_attention.py", "test_l1_loss.py", "test_rope.py")
 
 
 def pytest_collection_modifyitems(config, items):
