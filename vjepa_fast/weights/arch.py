@@ -125,7 +125,7 @@ def _count(state: dict, prefix: str) -> int:
 
 
 def detect_arch(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str, torch.Tensor]], where: str,
-                overrides: Optional[dict[str, Any]] = None, pos_embed: Optional[str] = None) -> ModelArch:
+                overrides: Optional[dict[str, Any]] = None) -> ModelArch:
     """The architecture of our-named encoder (and predictor) state dicts; `overrides` (ModelArch field names) win.
 
     Heads do not show in any tensor shape: they come from `overrides`, else from the published models' table, else
@@ -141,7 +141,7 @@ def detect_arch(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str, 
     depth = _count(encoder, "blocks.")
     if depth == 0 or "blocks.0.mlp.fc1.weight" not in encoder:
         raise CheckpointFormatError(f"{where}: no encoder blocks (blocks.N.*) in the weights")
-    kind = pos_embed or _table_kind(encoder.get("pos_embed"))
+    kind = over.pop("pos_embed", None) or _table_kind(encoder.get("pos_embed"))
     arch = ModelArch(embed_dim=int(D), depth=depth, in_chans=int(C), tubelet_size=int(t), patch_size=int(p),
                      mlp_ratio=encoder["blocks.0.mlp.fc1.weight"].shape[0] / D, pos_embed=kind)
     if kind == "rope":  # V-JEPA 2's published clip size
