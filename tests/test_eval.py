@@ -15,7 +15,7 @@ from vjepa_fast.config import load_config
 from vjepa_fast.models.probe import AttentiveProbe
 from vjepa_fast.models.vit import VisionTransformer
 from vjepa_fast.parallel import DistInfo
-from vjepa_fast.reference_checkpoint import export_reference
+from vjepa_fast.weights.reference import export_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.num_frames=4", "data.crop_size=32", "data.num_workers=0"]

@@ -6,8 +6,8 @@ import torch
 
 from vjepa_fast.config import load_config
 from vjepa_fast.models.build import build_model
-from vjepa_fast.reference_checkpoint import (CheckpointFormatError, export_reference, load_reference_into,
-                                             read_reference)
+from vjepa_fast.weights import CheckpointFormatError, load_into, read_weights
+from vjepa_fast.weights.reference import export_reference
 
 
 def tiny_model(seed):
@@ -26,7 +26,7 @@ def test_export_then_import_restores_every_tensor(tmp_path):
     assert "module.backbone.pos_embed" in raw["encoder"]
     assert "module.backbone.patch_embed.proj.weight" in raw["encoder"]
     assert "module.backbone.mask_tokens.0" in raw["predictor"]
-    assert sorted(load_reference_into(dst, path)) == ["encoder", "predictor", "target_encoder"]
+    assert sorted(load_into(dst, path)) == ["encoder", "predictor", "target_encoder"]
     for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -35,7 +35,7 @@ def test_other_prefixes_are_stripped(tmp_path):
     model = tiny_model(2)
     state = {f"module.{k}": v.clone() for k, v in model.encoder.state_dict().items()}
     torch.save({"encoder": state, "opt": {"state": {}, "param_groups": []}, "epoch": 1}, tmp_path / "a.pt")
-    parts = read_reference(tmp_path / "a.pt")
+    parts = read_weights(tmp_path / "a.pt").parts
     assert set(parts) == {"encoder"}
     assert set(parts["encoder"]) == set(model.encoder.state_dict())
 
@@ -47,7 +47,7 @@ def test_mismatched_checkpoint_names_the_problem(tmp_path):
     state["blocks.0.attn.qkv.weight"] = torch.zeros(5, 5)
     torch.save({"encoder": state}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointFormatError, match=r"missing \['norm.weight'\].*blocks.0.attn.qkv.weight"):
-        load_reference_into(model, tmp_path / "bad.pt")
+        load_into(model, tmp_path / "bad.pt")
 
 
 class NotAllowed:
@@ -58,12 +58,12 @@ def test_files_are_loaded_weights_only(tmp_path):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"encoder": NotAllowed()}, f)
     with pytest.raises(CheckpointFormatError, match="weights-only"):
-        read_reference(tmp_path / "evil.pt")
+        read_weights(tmp_path / "evil.pt")
     with pytest.raises(FileNotFoundError):
-        read_reference(tmp_path / "missing.pt")
+        read_weights(tmp_path / "missing.pt")
     torch.save({"something": 1}, tmp_path / "empty.pt")
-    with pytest.raises(CheckpointFormatError, match="none of the keys"):
-        read_reference(tmp_path / "empty.pt")
+    with pytest.raises(CheckpointFormatError, match="not a known weights layout"):
+        read_weights(tmp_path / "empty.pt")
 
 
 def test_training_can_start_from_a_reference_checkpoint(tmp_path, subprocess_env):

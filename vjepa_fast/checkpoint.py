@@ -314,26 +314,3 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} could not be loaded on rank {ranks} ({failed[0][1]}); "
                                   f"every rank stops")
         return loop
-
-
-def is_training_checkpoint(path: str | Path) -> bool:
-    """A checkpoint this project's training wrote (sharded dir, or single file with model and optimizer state)."""
-    p = Path(path)
-    if p.is_dir():
-        return (p / METADATA_FILE).is_file() and (p / LOOP_FILE).is_file()
-    if not _NAME.match(p.name) or not p.is_file():
-        return False
-    try:
-        payload = load_file(p)
-    except Exception:
-        return False
-    return isinstance(payload, dict) and "model" in payload and "optim" in payload
-
-
-def init_weights_from(model: torch.nn.Module, path: str | Path) -> None:
-    """`train.init_from` for our own checkpoints: the model's weights only (a fresh optimizer follows)."""
-    state = load_payload(path, keys={"model"})["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match the model (missing {sorted(missing)[:4]}, unexpected "
-                              f"{sorted(unexpected)[:4]}); the model config must match the run that wrote it")

@@ -25,6 +25,10 @@ class ModelConfig:
     tubelet_size: int = 2
     pred_width: Optional[int] = None  # None: the size's default predictor
     pred_depth: Optional[int] = None
+    pos_embed: str = "sincos"  # sincos (3D table, V-JEPA) / sincos_1d (VideoMAE's) / rope (3D rotary, V-JEPA 2)
+    num_heads: Optional[int] = None  # None: the size's head count
+    pred_num_heads: Optional[int] = None  # None: the size's predictor head count
+    pred_mask_tokens: int = 2  # learned mask tokens of the predictor (V-JEPA 2's checkpoints have 10)
 
 
 @dataclass
@@ -71,6 +75,8 @@ class OptimConfig:
     clip_grad: float = 10.0  # applied after warmup; 0 disables
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
+    lr_schedule: str = "cosine"  # cosine (warm-up, cosine decay) / wsd (warm-up, constant, linear cool-down)
+    cooldown_steps: int = 0  # wsd: the last cooldown_steps steps decay linearly from lr to final_lr
 
 
 @dataclass
@@ -88,7 +94,7 @@ class TrainConfig:
     max_nonfinite: int = 5  # consecutive NaN/Inf losses before the run stops
     check_indices: bool = False  # debug: range-check every gather/loss/attention index on the GPU too (host syncs)
     resume: Any = True  # true: continue the newest checkpoint / false: refuse a dir that has one / "restart"
-    init_from: Optional[str] = None  # start from a reference-format checkpoint (weights only; prefixes stripped)
+    init_from: Optional[str] = None  # start from weights (any format of docs/weights.md; weights only)
     progress: bool = True
     peak_tflops: Optional[float] = None  # override the device's peak for MFU
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
@@ -113,6 +119,7 @@ class BackendsConfig:
     dense_attention: str = "auto"
     l1_loss: str = "auto"
     ema: str = "auto"
+    rope: str = "auto"  # V-JEPA 2 rotary q/k: torch (default) / triton
     attention_backward: str = "auto"  # split / atomic ("auto": VJEPA_FAST_FLASH_BWD, else split)
     attention_tuning: Optional[str] = None  # block-size table JSON (None: VJEPA_FAST_FLASH_TUNING, else packaged)
 
@@ -318,6 +325,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.schedule_scale: must be >= 1")
     if len(o.betas) != 2:
         raise ConfigError("optim.betas: expected two numbers")
+    if m.pos_embed not in ("sincos", "sincos_1d", "rope"):
+        raise ConfigError(f"model.pos_embed: must be sincos, sincos_1d or rope, got {m.pos_embed!r}")
+    if cfg.method == "videomae" and m.pos_embed == "rope":
+        raise ConfigError("model.pos_embed: the VideoMAE decoder takes sincos or sincos_1d, not rope")
+    for name in ("num_heads", "pred_num_heads"):
+        if getattr(m, name) is not None and getattr(m, name) < 1:
+            raise ConfigError(f"model.{name}: must be >= 1")
+    if m.pred_mask_tokens < 1:
+        raise ConfigError("model.pred_mask_tokens: must be >= 1")
+    if o.lr_schedule not in ("cosine", "wsd"):
+        raise ConfigError(f"optim.lr_schedule: must be cosine or wsd, got {o.lr_schedule!r}")
+    if not 0 <= o.cooldown_steps <= t.steps:
+        raise ConfigError(f"optim.cooldown_steps: must be in [0, train.steps={t.steps}], got {o.cooldown_steps}")
     k = cfg.masks
     for name in ("short_scale", "long_scale"):
         if not 0.0 < getattr(k, name) <= 1.0:

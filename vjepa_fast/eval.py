@@ -3,7 +3,9 @@
 The encoder of a training run (its EMA target encoder unless --use-online-encoder) is frozen, an attentive probe
 (vjepa_fast/models/probe.py) is trained on its output tokens with AdamW and a cosine learning rate, and the top-1
 accuracy on the validation split is printed and written as JSON. Without --checkpoint it evaluates a randomly
-initialised encoder: the baseline a pretrained encoder has to beat. See docs/eval.md.
+initialised encoder: the baseline a pretrained encoder has to beat. --checkpoint also takes any weights file or
+directory of docs/weights.md (V-JEPA / V-JEPA 2 reference files, Hugging Face VJEPA2Model or VideoMAE directories,
+exported safetensors); without a run config or --config the architecture is the file's. See docs/eval.md.
 
 Read top to bottom: options -> checkpoint -> data splits -> frozen features -> probe training -> main.
 """
@@ -27,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -40,7 +42,8 @@ from vjepa_fast import ops
 from vjepa_fast.config import Config, ConfigError, load_config, to_dict
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
-from vjepa_fast.reference_checkpoint import CheckpointFormatError, load_module, strip_prefixes
+from vjepa_fast.weights import CheckpointFormatError, read_weights
+from vjepa_fast.weights.load import load_part, open_encoder, pick_encoder, stated_kind
 
 log = logging.getLogger("vjepa_fast.eval")
 
@@ -103,7 +106,7 @@ def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], Eva
     p = argparse.ArgumentParser(prog="python -m vjepa_fast.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="model/data config (default: the run's config.yaml when --checkpoint is a run)")
-    p.add_argument("--checkpoint", help="run dir, training checkpoint (.pt) or reference-format file")
+    p.add_argument("--checkpoint", help="run dir, training checkpoint or any weights file / dir (docs/weights.md)")
     p.add_argument("--use-online-encoder", action="store_true", help="probe the online encoder, not the EMA target")
     p.add_argument("--label", choices=LABELS, help="synthetic data: which label to predict (default appearance)")
     d = EvalConfig()
@@ -123,6 +126,8 @@ def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], Eva
 def resolve_checkpoint(path: str) -> tuple[Path, Optional[Path]]:
     """(checkpoint file, the run's config.yaml or None). A run dir gives its newest checkpoint."""
     p = Path(path).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():  # a Hugging Face model directory
+        return p, None
     if p.is_dir() and not ckpt.is_checkpoint(p):  # a run dir (a sharded checkpoint is a dir too)
         found = ckpt.list_checkpoints(p)
         if not found and p.name == "checkpoints" and ckpt.list_checkpoints(p.parent):
@@ -137,63 +142,17 @@ def resolve_checkpoint(path: str) -> tuple[Path, Optional[Path]]:
     return p, (run_cfg if run_cfg is not None and run_cfg.is_file() else None)
 
 
-def _tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def encoder_state(payload: Any, path: Path, use_online: bool) -> tuple[dict[str, torch.Tensor], str]:
-    """(encoder state dict with clean names, which encoder it is) from any supported checkpoint layout:
-    a training checkpoint (payload["model"] with encoder.* / target_encoder.*), a reference-format file (top-level
-    encoder / target_encoder dicts with wrapper prefixes) or a bare encoder state dict."""
-    if not isinstance(payload, dict):
-        raise CheckpointFormatError(f"{path}: expected a dict checkpoint, got {type(payload).__name__}")
-    parts: dict[str, dict] = {}
-    if isinstance(payload.get("model"), dict):
-        model = payload["model"]
-        for part in ("encoder", "target_encoder"):
-            pre = part + "."
-            state = {k[len(pre):]: v for k, v in model.items() if k.startswith(pre)}
-            if state:
-                parts[part] = state
-    else:
-        for part in ("encoder", "target_encoder"):
-            if isinstance(payload.get(part), dict) and payload[part]:
-                parts[part] = strip_prefixes(payload[part])
-        if not parts and _tensor_dict(payload) and "patch_embed.proj.weight" in strip_prefixes(payload):
-            parts["encoder"] = strip_prefixes(payload)
-    want = "encoder" if use_online else "target_encoder"
-    if want in parts:
-        return parts[want], "online" if use_online else "target"
-    if "encoder" in parts:  # a run without an EMA copy (the VideoMAE baseline): its only encoder
-        log.warning("%s has no target encoder; using the online encoder", path)
-        return parts["encoder"], "online"
-    keys = sorted(payload["model"] if isinstance(payload.get("model"), dict) else payload)[:8]
-    looked = "encoder.*" if use_online else "target_encoder.* and encoder.*"
-    raise CheckpointFormatError(f"{path}: no encoder weights (looked for {looked}; keys: {keys})")
-
-
 def load_encoder_weights(encoder: nn.Module, path: Path, use_online: bool) -> str:
-    """Load the chosen encoder from `path` (weights_only: no code from the file runs); returns which one."""
+    """Load the chosen encoder of any supported weights file (vjepa_fast/weights, weights_only) into the encoder
+    built from the config; returns which one ("target" / "online")."""
+    w = read_weights(path)
+    which, state = pick_encoder(w, use_online)
     try:
-        payload = ckpt.load_payload(path, keys={"model"})
-    except Exception as e:
-        raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint "
-                                    f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''})") \
-            from None
-    state, which = encoder_state(payload, path, use_online)
-    own = encoder.state_dict()
-    pos = state.get("pos_embed")
-    if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape \
-            and pos.shape[-1] == own["pos_embed"].shape[-1]:
-        # A fixed sin-cos table (never trained) for another clip size: this model's own table is the one to use.
-        log.info("pos_embed %s in the checkpoint is for another clip size; using the table for %s",
-                 tuple(pos.shape), tuple(own["pos_embed"].shape))
-        state = {**state, "pos_embed": own["pos_embed"]}
-    try:
-        load_module(encoder, state, f"{path}[{which} encoder]")
+        load_part(encoder, "encoder", state, f"{w.format} {w.source} [{which} encoder]", stated_kind(w))
     except CheckpointFormatError as e:
-        raise CheckpointFormatError(f"{e} (the model/data config must match the run's: pass --config "
+        raise CheckpointFormatError(f"{e} (the model/data config must match the weights: pass --config "
                                     f"RUN_DIR/config.yaml or set model.size)") from None
+    log.info("%s: %s", path, w.format)
     return which
 
 
@@ -448,17 +407,26 @@ def accuracy(probe: nn.Module, batches) -> tuple[float, int]:
     return correct / count, count
 
 
-def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None) -> dict:
-    """Build, load, freeze, train the probe, measure; returns the result dict (what the JSON file holds)."""
+def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_from_file: bool = False) -> dict:
+    """Build, load, freeze, train the probe, measure; returns the result dict (what the JSON file holds).
+    arch_from_file: the architecture is the weights file's (stated or detected; vjepa_fast.load_encoder), the clip
+    size the config's; otherwise the config defines the model and the file must match it."""
     t_start = time.perf_counter()
     device = torch.device(e.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops.configure(cfg.backends)
     torch.manual_seed(e.seed)
-    encoder = build_encoder(cfg)
-    if ckpt_file is not None:
+    model_cfg = to_dict(cfg)["model"]
+    if ckpt_file is not None and arch_from_file:
+        encoder, which, _, arch = open_encoder(ckpt_file, online=e.use_online_encoder,
+                                               num_frames=cfg.data.num_frames, crop_size=cfg.data.crop_size)
+        model_cfg = arch.to_dict()
+        log.info("evaluating the %s encoder of %s", which, ckpt_file)
+    elif ckpt_file is not None:
+        encoder = build_encoder(cfg)
         which = load_encoder_weights(encoder, ckpt_file, e.use_online_encoder)
         log.info("evaluating the %s encoder of %s", which, ckpt_file)
     else:
+        encoder = build_encoder(cfg)
         which = "random"
         log.warning("no --checkpoint: evaluating a randomly initialised encoder (a baseline, not a trained model)")
     encoder = freeze(encoder).to(device)
@@ -493,7 +461,7 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None) -> di
         "accuracy": val_acc, "val_samples": n_val, "train_samples": len(train.dataset), "epochs": e.epochs,
         "checkpoint": str(ckpt_file) if ckpt_file is not None else None, "encoder": which,
         "baseline": ckpt_file is None, "label": label, "num_classes": num_classes,
-        "model": to_dict(cfg)["model"], "data_path": cfg.data.path, "val_path": e.val_path,
+        "model": model_cfg, "data_path": cfg.data.path, "val_path": e.val_path,
         "num_frames": cfg.data.num_frames, "crop_size": cfg.data.crop_size, "segments": val.segments,
         "views": val.views, "lr": e.lr, "weight_decay": e.weight_decay, "batch_size": e.batch_size,
         "probe_depth": e.probe_depth, "probe_heads": e.probe_heads or encoder.num_heads, "seed": e.seed,
@@ -525,8 +493,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if config_path is None and run_cfg is not None:
             config_path = str(run_cfg)
             log.info("model/data config from %s", run_cfg)
+        # no run config and no --config: the weights file says what the model is (V-JEPA 2, Hugging Face, ...)
+        arch_from_file = ckpt_file is not None and config_path is None
         cfg = load_config(config_path, overrides)
-        result = evaluate(cfg, e, ckpt_file)
+        result = evaluate(cfg, e, ckpt_file, arch_from_file)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

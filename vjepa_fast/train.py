@@ -38,9 +38,9 @@ from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
-from vjepa_fast.reference_checkpoint import CheckpointFormatError, load_reference_into
 from vjepa_fast.rundir import ResumeDecision, RunDir, RunDirError
 from vjepa_fast.schedules import Schedules
+from vjepa_fast.weights import CheckpointFormatError, load_into, model_config
 
 log = logging.getLogger("vjepa_fast.train")
 
@@ -92,11 +92,7 @@ class Trainer:
         ops._backend.set_check_indices(t.check_indices)
         self.model = build_model(cfg)
         if t.init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
-            if checkpoint.is_training_checkpoint(t.init_from):  # one of ours: weights only, fresh optimizer
-                checkpoint.init_weights_from(self.model, t.init_from)
-                loaded = ["the model"]
-            else:
-                loaded = load_reference_into(self.model, t.init_from)
+            loaded = load_into(self.model, t.init_from)
             if di.is_main:
                 log.info("initialised %s from %s", ", ".join(loaded), t.init_from)
         self.model = self.model.to(self.device)
@@ -146,7 +142,7 @@ class Trainer:
             raise NonFiniteLossError(f"parameters are NaN/Inf before step {next_step}: checkpoint not written "
                                      f"(the previous one is intact); lower optim.lr or raise optim.eps")
         extra = {"data_errors": self.data_errors, "data_attempts": self.data_attempts,
-                 "world_size": self.di.world_size}
+                 "world_size": self.di.world_size, "model_config": model_config(self.cfg)}
         self.checkpointer.save(next_step, self.model, self.optimizer, extra, self.config_yaml)
         return True
 

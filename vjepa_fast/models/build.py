@@ -8,32 +8,23 @@ from vjepa_fast.masks import BlockSpec, MultiBlockMasker, TubeMasker
 
 
 def build_encoder(cfg: Config) -> nn.Module:
-    from vjepa_fast.models.vit import VisionTransformer
+    from vjepa_fast.weights.arch import arch_from_config, build_encoder_from
 
-    m, d = cfg.model, cfg.data
-    return VisionTransformer(size=m.size, img_size=d.crop_size, num_frames=d.num_frames, patch_size=m.patch_size,
-                             tubelet_size=m.tubelet_size)
+    return build_encoder_from(arch_from_config(cfg))
 
 
 def build_model(cfg: Config) -> nn.Module:
-    encoder = build_encoder(cfg)
+    from vjepa_fast.weights.arch import arch_from_config, build_encoder_from, build_predictor_from
+
+    arch = arch_from_config(cfg)
+    encoder = build_encoder_from(arch)
     if cfg.method == "videomae":
         from vjepa_fast.models.videomae import build_videomae
 
         return build_videomae(cfg, encoder)
     from vjepa_fast.models.jepa import VJEPA
-    from vjepa_fast.models.predictor import PREDICTOR_DEFAULTS, Predictor
 
-    defaults = PREDICTOR_DEFAULTS[cfg.model.size]
-    predictor = Predictor(
-        embed_dim=encoder.embed_dim,
-        pred_dim=cfg.model.pred_width or defaults["pred_dim"],
-        depth=cfg.model.pred_depth or defaults["depth"],
-        num_heads=defaults.get("num_heads", encoder.num_heads),
-        grid=encoder.grid,
-        num_mask_tokens=2,
-    )
-    return VJEPA(encoder, predictor)
+    return VJEPA(encoder, build_predictor_from(arch))
 
 
 def build_masker(cfg: Config, grid: tuple[int, int, int]):

@@ -1,15 +1,20 @@
-"""Fixed 3D sine-cosine position tables ("uniform power" split) and their trilinear resizing.
+"""Fixed sine-cosine position tables (3D "uniform power" split, or VideoMAE's 1D table over the token index), their
+trilinear resizing, and the choice of position kind.
 
 Token order everywhere is n = t * H * W + h * W + w, the order a Conv3d patch embedding flattens to.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 Grid = tuple[int, int, int]
+
+# sincos: the 3D table (V-JEPA); sincos_1d: a 1D table over n (VideoMAE); rope: no table, rotary q and k (V-JEPA 2)
+POS_EMBEDS = ("sincos", "sincos_1d", "rope")
 
 
 def _sincos_1d(positions: torch.Tensor, channels: int) -> torch.Tensor:
@@ -41,6 +46,23 @@ def sincos_3d(grid: Grid, dim: int) -> torch.Tensor:
     table = torch.cat([_sincos_1d(tt.reshape(-1), c), _sincos_1d(hh.reshape(-1), c), _sincos_1d(ww.reshape(-1), c)],
                       dim=1)
     return table[:, :dim].to(torch.float32)
+
+
+def sincos_1d(num_tokens: int, dim: int) -> torch.Tensor:
+    """VideoMAE's table [num_tokens, dim] (float32): channel j of token n is sin (even j) or cos (odd j) of
+    n / 10000^(2 * (j // 2) / dim), computed in float64."""
+    j = torch.arange(dim, dtype=torch.float64)
+    angles = torch.arange(num_tokens, dtype=torch.float64)[:, None] / 10000.0 ** (2 * (j // 2) / dim)[None, :]
+    return torch.where(j % 2 == 0, torch.sin(angles), torch.cos(angles)).to(torch.float32)
+
+
+def position_table(kind: str, grid: Grid, dim: int) -> Optional[torch.Tensor]:
+    """The fixed [N, dim] table of a position kind (POS_EMBEDS) on `grid`; None for rotary positions."""
+    if kind not in POS_EMBEDS:
+        raise ValueError(f"unknown position embedding {kind!r}; choose one of {POS_EMBEDS}")
+    if kind == "rope":
+        return None
+    return sincos_3d(grid, dim) if kind == "sincos" else sincos_1d(math.prod(_check_grid(grid, "grid")), dim)
 
 
 def interpolate_pos(table: torch.Tensor, from_grid: Grid, to_grid: Grid) -> torch.Tensor:

@@ -8,12 +8,14 @@ Python loop and no padding. Only the target rows are normalised and projected ba
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from vjepa_fast.masks import PackedMasks
-from vjepa_fast.models.pos_embed import Grid, sincos_3d
+from vjepa_fast.models.pos_embed import Grid, position_table
+from vjepa_fast.models.rope import rope_tables
 from vjepa_fast.models.vit import LN_EPS, VIT_SIZES, Block, init_weights, rescale_blocks
 from vjepa_fast.ops.gather import indexed_gather_add
 
@@ -28,7 +30,8 @@ PREDICTOR_DEFAULTS: dict[str, dict] = {
 
 class Predictor(nn.Module):
     def __init__(self, embed_dim: int, pred_dim: int = 384, depth: int = 12, num_heads: int = 16,
-                 grid: Grid = (8, 14, 14), num_mask_tokens: int = 2, mlp_ratio: float = 4.0):
+                 grid: Grid = (8, 14, 14), num_mask_tokens: int = 2, mlp_ratio: float = 4.0,
+                 pos_embed: str = "sincos"):
         super().__init__()
         if num_mask_tokens < 1:
             raise ValueError(f"num_mask_tokens must be >= 1, got {num_mask_tokens}")
@@ -37,7 +40,12 @@ class Predictor(nn.Module):
         self.num_tokens = math.prod(self.grid)
         self.predictor_embed = nn.Linear(embed_dim, pred_dim)
         self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, 1, pred_dim)) for _ in range(num_mask_tokens))
-        self.register_buffer("predictor_pos_embed", sincos_3d(self.grid, pred_dim)[None], persistent=True)
+        self.pos_kind = pos_embed
+        table = position_table(pos_embed, self.grid, pred_dim)
+        if table is not None:
+            self.register_buffer("predictor_pos_embed", table[None], persistent=True)
+        else:  # rotary positions inside attention (V-JEPA 2): no table
+            self.predictor_pos_embed = None
         self.predictor_blocks = nn.ModuleList(Block(pred_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.predictor_norm = nn.LayerNorm(pred_dim, eps=LN_EPS)
         self.predictor_proj = nn.Linear(pred_dim, embed_dim)
@@ -76,9 +84,13 @@ class Predictor(nn.Module):
         self._validate(ctx, masks)
         x = self.predictor_embed(ctx)
         tokens = torch.cat(list(self.mask_tokens), dim=0).reshape(-1, self.pred_dim)  # [num_mask_tokens, Dp]
-        buf = layout_buffer(x, tokens, self.predictor_pos_embed[0], masks)
+        table = self.predictor_pos_embed[0] if self.predictor_pos_embed is not None else None
+        buf = layout_buffer(x, tokens, table, masks)
+        rope = None
+        if self.pos_kind == "rope":  # each slot's token index is its pred_pos_rows entry
+            rope = rope_tables(layout_rows(masks)[1], self.grid, self.pred_dim // self.num_heads)
         for block in self.predictor_blocks:
-            buf = block(buf, masks.pred_cu, masks.pred_max)
+            buf = block(buf, masks.pred_cu, masks.pred_max, None, rope)
         z = buf.index_select(0, masks.pred_tgt_slots)  # norm is per token: normalise only what is returned
         return self.predictor_proj(self.predictor_norm(z))
 
@@ -102,14 +114,15 @@ def layout_rows(masks: PackedMasks) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.empty_like(src).index_copy_(0, slots, src), torch.empty_like(pos).index_copy_(0, slots, pos)
 
 
-def layout_buffer(x: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
+def layout_buffer(x: torch.Tensor, tokens: torch.Tensor, pos: Optional[torch.Tensor],
+                  masks: PackedMasks) -> torch.Tensor:
     """The packed [ctx + pos ; mask token + pos] buffer of every sequence, in one gather.
 
     x [Rc, W] projected context rows, tokens [M, W] mask tokens (one per mask configuration), pos [N, W] the fixed
-    position table. src = [x ; tokens]; the op's backward sums every copy of a mask token into its gradient in fp32.
-    Shared by the V-JEPA predictor and the VideoMAE decoder."""
+    position table (None: rotary positions, applied in attention). src = [x ; tokens]; the op's backward sums every
+    copy of a mask token into its gradient in fp32. Shared by the V-JEPA predictor and the VideoMAE decoder."""
     src = torch.cat([x, tokens.to(x.dtype)])
-    if pos.dtype != x.dtype and (pos.dtype != torch.float32 or x.dtype == torch.float64):
+    if pos is not None and pos.dtype != x.dtype and (pos.dtype != torch.float32 or x.dtype == torch.float64):
         pos = pos.to(x.dtype)  # the op takes pos in src's dtype or fp32 (fp32 under bf16: one rounding, not two)
     src_rows, pos_rows = layout_rows(masks)
     return indexed_gather_add(src, src_rows, pos, pos_rows)

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from vjepa_fast.flops import videomae_step_flops
 from vjepa_fast.masks import PackedMasks
-from vjepa_fast.models.pos_embed import Grid, sincos_3d
+from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.predictor import layout_buffer
 from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights
 from vjepa_fast.profiling import nvtx_range
@@ -100,8 +100,10 @@ class VideoMAEDecoder(nn.Module):
     """
 
     def __init__(self, embed_dim: int, dim: int, depth: int, num_heads: int, grid: Grid, out_dim: int,
-                 mlp_ratio: float = 4.0):
+                 mlp_ratio: float = 4.0, pos_embed: str = "sincos"):
         super().__init__()
+        if pos_embed == "rope":
+            raise ValueError("VideoMAEDecoder: rotary positions are not supported; use sincos or sincos_1d")
         for name, v in (("embed_dim", embed_dim), ("dim", dim), ("depth", depth), ("num_heads", num_heads),
                         ("out_dim", out_dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -114,7 +116,7 @@ class VideoMAEDecoder(nn.Module):
         self.encoder_to_decoder = nn.Linear(embed_dim, dim, bias=False)
         self.mask_token = nn.Parameter(torch.empty(1, dim))
         # Fixed table, rebuilt from the grid: not saved in checkpoints.
-        self.register_buffer("pos_embed", sincos_3d(self.grid, dim), persistent=False)
+        self.register_buffer("pos_embed", position_table(pos_embed, self.grid, dim), persistent=False)
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, out_dim)
@@ -205,6 +207,8 @@ def build_videomae(cfg, encoder: nn.Module) -> VideoMAE:
     d = DECODER_DEFAULTS[size]
     pe = encoder.patch_embed
     decoder = VideoMAEDecoder(embed_dim=encoder.embed_dim, dim=cfg.model.pred_width or d["dim"],
-                              depth=cfg.model.pred_depth or d["depth"], num_heads=d["num_heads"], grid=encoder.grid,
-                              out_dim=pe.in_chans * pe.tubelet_size * pe.patch_size ** 2)
+                              depth=cfg.model.pred_depth or d["depth"],
+                              num_heads=cfg.model.pred_num_heads or d["num_heads"], grid=encoder.grid,
+                              out_dim=pe.in_chans * pe.tubelet_size * pe.patch_size ** 2,
+                              pos_embed=cfg.model.pos_embed)
     return VideoMAE(encoder, decoder)

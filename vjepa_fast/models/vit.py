@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from vjepa_fast.models.pos_embed import Grid, interpolate_pos, sincos_3d
+from vjepa_fast.models.pos_embed import POS_EMBEDS, Grid, interpolate_pos, position_table
+from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, rope_tables
 from vjepa_fast.ops import indexed_gather_add, varlen_attention
 
 VIT_SIZES: dict[str, dict] = {
@@ -87,9 +88,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                uniform_len: Optional[int] = None) -> torch.Tensor:
+                uniform_len: Optional[int] = None, rope: Optional[RopeTables] = None) -> torch.Tensor:
         T, D = x.shape
         qkv = self.qkv(x).reshape(T, 3, self.num_heads, self.head_dim)  # q, k, v outermost, as the reference
+        if rope is not None:  # rotary positions (models/rope.py): q and k rotated in one op
+            qkv = apply_rope_qkv(qkv, rope)
         out = varlen_attention(qkv, cu_seqlens, max_seqlen, uniform_len)  # scale head_dim^-0.5
         return self.proj(out.reshape(T, D))
 
@@ -116,8 +119,8 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(round(dim * mlp_ratio)))  # round: 1408 * 48/11 must give 6144, not 6143
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                uniform_len: Optional[int] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cu_seqlens, max_seqlen, uniform_len)
+                uniform_len: Optional[int] = None, rope: Optional[RopeTables] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cu_seqlens, max_seqlen, uniform_len, rope)
         return x + self.mlp(self.norm2(x))
 
 
@@ -129,8 +132,10 @@ class VisionTransformer(nn.Module):
     """Video ViT. `forward(clips)` is the dense path; `forward(clips, rows, cu_seqlens, max_seqlen)` the packed one."""
 
     def __init__(self, size: str = "large", img_size=224, num_frames: int = 16, patch_size: int = 16,
-                 tubelet_size: int = 2, in_chans: int = 3, **overrides):
+                 tubelet_size: int = 2, in_chans: int = 3, pos_embed: str = "sincos", **overrides):
         super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"unknown position embedding {pos_embed!r}; choose one of {POS_EMBEDS}")
         if size not in VIT_SIZES:
             raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)}")
         cfg = dict(VIT_SIZES[size])
@@ -143,12 +148,17 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"{num_frames} frames x {H} x {W} is not tiled by tubelets of {tubelet_size} frames and "
                              f"{patch_size} x {patch_size} patches")
         self.embed_dim, self.num_heads, self.depth = cfg["embed_dim"], cfg["num_heads"], cfg["depth"]
+        self.head_dim = self.embed_dim // self.num_heads
         self.grid: Grid = (num_frames // tubelet_size, H // patch_size, W // patch_size)
         self.num_tokens = math.prod(self.grid)
 
         self.patch_embed = PatchEmbed3D(in_chans, self.embed_dim, patch_size, tubelet_size)
-        # Fixed, persistent (the reference checkpoints carry it), never trained.
-        self.register_buffer("pos_embed", sincos_3d(self.grid, self.embed_dim)[None], persistent=True)
+        self.pos_kind = pos_embed
+        table = position_table(pos_embed, self.grid, self.embed_dim)  # POS_EMBEDS
+        if table is not None:  # fixed, persistent (the reference checkpoints carry it), never trained
+            self.register_buffer("pos_embed", table[None], persistent=True)
+        else:  # rotary positions inside attention; no table (V-JEPA 2 checkpoints have none)
+            self.pos_embed = None
         self.blocks = nn.ModuleList(Block(self.embed_dim, self.num_heads, cfg["mlp_ratio"]) for _ in range(self.depth))
         self.norm = nn.LayerNorm(self.embed_dim, eps=LN_EPS)
         init_weights(self)
@@ -169,31 +179,41 @@ class VisionTransformer(nn.Module):
         cached = self._pos_cache.get(key)
         if cached is None:
             with torch.no_grad():
-                cached = interpolate_pos(table, self.grid, tuple(grid))
+                if self.pos_kind == "sincos_1d":  # a table over the token index: rebuilt, not resized
+                    cached = position_table("sincos_1d", tuple(grid), table.shape[1]).to(table)
+                else:
+                    cached = interpolate_pos(table, self.grid, tuple(grid))
             self._pos_cache = {k: v for k, v in self._pos_cache.items() if k[3:] == key[3:]}
             self._pos_cache[key] = cached
         return cached
 
     def run_blocks(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                   uniform_len: Optional[int] = None) -> torch.Tensor:
+                   uniform_len: Optional[int] = None, rope: Optional[RopeTables] = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, cu_seqlens, max_seqlen, uniform_len)
+            x = block(x, cu_seqlens, max_seqlen, uniform_len, rope)
         return self.norm(x)
 
     def forward(self, clips: torch.Tensor, rows: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None) -> torch.Tensor:
         grid = self.patch_embed.grid_for(clips)
         tokens = self.patchify(clips)
-        pos = self.pos_table(grid)
+        pos = self.pos_table(grid) if self.pos_embed is not None else None
         B, N, D = tokens.shape
         if rows is None:
             if cu_seqlens is not None or max_seqlen is not None:
                 raise ValueError("cu_seqlens / max_seqlen given without rows: the dense path takes neither")
-            x = (tokens + pos.to(tokens.dtype)).reshape(B * N, D)
+            x = (tokens if pos is None else tokens + pos.to(tokens.dtype)).reshape(B * N, D)
             cu = torch.arange(B + 1, device=x.device, dtype=torch.int32) * N
-            return self.run_blocks(x, cu, N, uniform_len=N).reshape(B, N, D)
+            rope = self.rope_for(torch.arange(N, device=x.device), grid)  # one table for every clip
+            return self.run_blocks(x, cu, N, uniform_len=N, rope=rope).reshape(B, N, D)
         if cu_seqlens is None or max_seqlen is None:
             raise ValueError("the packed path needs rows, cu_seqlens and max_seqlen together")
         # The context tokens: one gather-add of token rows b * N + n and position rows n.
         x = indexed_gather_add(tokens.reshape(B * N, D), rows, pos, rows % N, unique_rows=True)
-        return self.run_blocks(x, cu_seqlens, int(max_seqlen))
+        return self.run_blocks(x, cu_seqlens, int(max_seqlen), rope=self.rope_for(rows % N, grid))
+
+    def rope_for(self, index: torch.Tensor, grid: Grid) -> Optional[RopeTables]:
+        """Rotary tables for rows with token indices `index` on the clip's grid (None with a sin-cos table)."""
+        if self.pos_kind != "rope":
+            return None
+        return rope_tables(index, grid, self.head_dim)

@@ -1,0 +1,130 @@
+"""Weights into modules: `load_encoder` (a file or run -> a frozen encoder), `load_into` (train.init_from), and the
+strict per-part loading both share."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch, arch_from_config, build_encoder_from, \
+    detect_arch
+from vjepa_fast.weights.formats import Weights, read_weights
+from vjepa_fast.weights.reference import load_module
+
+log = logging.getLogger("vjepa_fast.weights")
+
+# Fixed (never trained) position tables of each part: rebuilt for the model's clip size, never loaded across kinds.
+POS_TABLES = {"encoder": "pos_embed", "target_encoder": "pos_embed", "predictor": "predictor_pos_embed"}
+
+
+def pick_encoder(w: Weights, online: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    """(which: "target" / "online", state) of the encoder to use; the other one when the file has only that."""
+    want, other = ("encoder", "target_encoder") if online else ("target_encoder", "encoder")
+    if want in w.parts:
+        return ("online" if online else "target"), w.parts[want]
+    if other in w.parts:
+        if not online:
+            log.info("%s has no target encoder; using its encoder", w.source)
+        else:
+            log.warning("%s has no online encoder; using the target encoder", w.source)
+        return ("online" if other == "encoder" else "target"), w.parts[other]
+    raise CheckpointFormatError(f"{w.format} {w.source}: no encoder weights (parts: {sorted(w.parts)})")
+
+
+def resolve_arch(w: Weights, encoder: dict, config=None, overrides: Optional[dict[str, Any]] = None) -> ModelArch:
+    """The architecture to build: a given Config's, else what the file states, else what its shapes show; then
+    `overrides` (ModelArch field names)."""
+    over = {k: v for k, v in (overrides or {}).items() if v is not None}
+    names = {f.name for f in dataclasses.fields(ModelArch)}
+    unknown = sorted(set(over) - names)
+    if unknown:
+        raise CheckpointFormatError(f"unknown model overrides {unknown}; allowed: {sorted(names)}")
+    if config is not None:
+        arch = arch_from_config(config)
+    elif w.arch is not None:
+        arch = dataclasses.replace(w.arch)
+    else:
+        return detect_arch(encoder, w.parts.get("predictor"), f"{w.format} {w.source}", over)
+    return dataclasses.replace(arch, **over)
+
+
+def load_part(module: nn.Module, part: str, state: dict[str, torch.Tensor], where: str,
+              stated_kind: Optional[str] = None) -> None:
+    """Strict load of one part; its fixed position table comes from the module when the file's is for another clip
+    size, when the module uses rotary positions (a stray table is ignored), or when the file states the same kind of
+    fixed table without storing it (`stated_kind`, e.g. Hugging Face VideoMAE)."""
+    table = POS_TABLES.get(part)
+    own = module.state_dict()
+    if table is not None:
+        if table in own and table not in state and stated_kind == getattr(module, "pos_kind", None):
+            state = {**state, table: own[table]}
+        if table in state and table not in own:
+            log.info("%s: %s ignored (the model uses rotary positions)", where, table)
+            state = {k: v for k, v in state.items() if k != table}
+        elif table in own and table not in state and any(k.startswith(("blocks.", "predictor_blocks.")) for k in state):
+            raise CheckpointFormatError(f"{where}: the file has no {table} (rotary positions, V-JEPA 2) but the model "
+                                        f"has a sin-cos table: set model.pos_embed=rope")
+        elif table in own and state[table].shape != own[table].shape \
+                and state[table].shape[-1] == own[table].shape[-1]:
+            log.info("%s: %s %s is for another clip size; using the table for %s", where, table,
+                     tuple(state[table].shape), tuple(own[table].shape))
+            state = {**state, table: own[table]}
+    load_module(module, state, where)
+
+
+def stated_kind(w: Weights) -> Optional[str]:
+    return w.arch.pos_embed if w.arch is not None else None
+
+
+def open_encoder(path: str | Path, *, online: bool = False, config=None,
+                 **overrides) -> tuple[nn.Module, str, Weights, ModelArch]:
+    """load_encoder's work: (frozen encoder, which one ("target" / "online"), the weights read, the architecture)."""
+    w = read_weights(path)
+    which, state = pick_encoder(w, online)
+    arch = resolve_arch(w, state, config, overrides)
+    encoder = build_encoder_from(arch)
+    load_part(encoder, "encoder", state, f"{w.format} {w.source} [{which} encoder]", stated_kind(w))
+    log.info("%s: %s; the %s encoder (%d wide, %d blocks, %d heads, %s positions)", path, w.format, which,
+             arch.embed_dim, arch.depth, arch.num_heads, arch.pos_embed)
+    encoder.requires_grad_(False)
+    encoder.eval()
+    return encoder, which, w, arch
+
+
+def load_encoder(path: str | Path, *, online: bool = False, config=None, device: Optional[str] = None,
+                 **overrides) -> nn.Module:
+    """Any supported weights file, Hugging Face directory or run directory -> the encoder, frozen, in eval mode.
+
+    `forward(clips)` takes [B, 3, T, H, W] clips (normalised as in training) and returns token features [B, N, D].
+    The target (EMA) encoder by default, the online one with online=True. The architecture is the file's (stated
+    or detected) unless `config` (a Config) is given; `overrides` set ModelArch fields (num_frames, crop_size,
+    num_heads, pos_embed, ...)."""
+    encoder = open_encoder(path, online=online, config=config, **overrides)[0]
+    return encoder.to(device) if device is not None else encoder
+
+
+def load_into(model: nn.Module, path: str | Path) -> list[str]:
+    """Initialise the parts of a training model (encoder / predictor / target_encoder / decoder) from a weights
+    file, Hugging Face directory or run directory: train.init_from. A file with one encoder initialises both the
+    online and the target encoder from it. Returns the parts loaded."""
+    w = read_weights(path)
+    parts = dict(w.parts)
+    for have, fill in (("encoder", "target_encoder"), ("target_encoder", "encoder")):
+        if fill not in parts and have in parts:
+            parts[fill] = parts[have]
+    loaded = []
+    for name in ("encoder", "predictor", "target_encoder", "decoder"):
+        module = getattr(model, name, None)
+        if module is None or name not in parts:
+            continue
+        load_part(module, name, parts[name], f"{w.format} {w.source} [{name}]", stated_kind(w))
+        loaded.append(name)
+    if not loaded:
+        raise CheckpointFormatError(f"{w.format} {w.source}: nothing to load into this model (file parts: "
+                                    f"{sorted(w.parts)})")
+    log.info("%s: %s; loaded %s", path, w.format, ", ".join(loaded))
+    return loaded
