@@ -27,17 +27,21 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import yaml
 
-from vjepa_fast import checkpoint, ops
-from vjepa_fast.config import Config, ConfigError, load_config, save_config
-from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
+from vjepa_fast import checkpoint, ops, preflight
+from vjepa_fast.config import OPS, Config, ConfigError, help_table, load_config, packaged_configs, save_config, to_dict
+from vjepa_fast.data.loader import DataLoadError, MaskCollate, make_loader
 from vjepa_fast.flops import device_peak_flops
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
+from vjepa_fast.plots import finish_outputs
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.reference_checkpoint import CheckpointFormatError, load_reference_into
+from vjepa_fast.runlog import RunLog
 from vjepa_fast.schedules import Schedules
+from vjepa_fast.tb_log import TensorBoardLog
 
 log = logging.getLogger("vjepa_fast.train")
 
@@ -50,6 +54,11 @@ class NonFiniteLossError(RuntimeError):
 
 class DataErrorLimit(RuntimeError):
     pass
+
+
+# Failures a user causes and can fix: main() prints their one line (no traceback unless --debug).
+USER_ERRORS = (preflight.RunError, NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError,
+               FileNotFoundError)
 
 
 def param_groups(modules, weight_decay: float) -> list[dict]:
@@ -84,12 +93,15 @@ class Trainer:
         self.cfg, self.di, self.device = cfg, di, di.device
         t = cfg.train
         torch.manual_seed(t.seed)  # identical initial weights on every rank (FSDP2 shards what each rank built)
-        for op, name in cfg.backends.items():
-            ops.set_backend(op, name)
+        for op in OPS:  # every op, so a backend forced by an earlier Trainer in this process does not linger
+            ops.set_backend(op, cfg.backends.get(op))
+        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        preflight.check_backends(cfg, self.device, torch.bfloat16 if use_bf16 else torch.float32)
         enable_nvtx(t.nvtx)
         ops._backend.set_check_indices(t.check_indices)
         self.model = build_model(cfg)
         if t.init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
+            preflight.check_init_from(t.init_from)
             loaded = load_reference_into(self.model, t.init_from)
             if di.is_main:
                 log.info("initialised %s from %s", ", ".join(loaded), t.init_from)
@@ -98,7 +110,6 @@ class Trainer:
         self.num_tokens = self.encoder.num_tokens
         self.masker = build_masker(cfg, self.encoder.grid)
         self.schedules = Schedules(cfg.optim, t.steps)
-        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
         tops = [m for m in (getattr(self.model, n, None) for n in ("encoder", "predictor", "target_encoder",
@@ -218,15 +229,25 @@ class Trainer:
     def run(self) -> list[dict]:
         cfg, di, t = self.cfg, self.di, self.cfg.train
         run_dir = Path(cfg.run_dir)
+        # Everything that can be checked is, before the run dir is touched (preflight.py); config.yaml is written
+        # only once the resume succeeded, so a failed start leaves an existing run as it was.
+        dataset = preflight.open_dataset(cfg)
+        notes = self.preflight_run_dir(run_dir) if di.is_main else []
+        try:
+            self.resume()
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise preflight.RunError(f"the checkpoint in {checkpoint.checkpoint_dir(run_dir)} does not fit this "
+                                     f"model ({preflight.one_line(e)[:300]}); resume with the run's own config.yaml "
+                                     f"or use another run_dir") from None
         if di.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-        self.resume()
+        runlog = RunLog(cfg, di.world_size, self.device, di.is_main)
         if self.start_step >= t.steps:
             if di.is_main:
                 log.info("run already finished (%d steps)", t.steps)
             return []
-        dataset = build_dataset(cfg.data, cfg.train.seed)
+        runlog.start(self.model, self.num_tokens, self.encoder.grid, dataset, self.start_step, notes)
+        tb = TensorBoardLog.open(run_dir, t.tensorboard, self.start_step) if di.is_main else None
         collate = MaskCollate(self.masker, self.num_tokens, cfg.masks.truncate_to_batch_min)
         loader = make_loader(dataset, collate, t.batch_size, di.rank, di.world_size, self.start_step, t.steps,
                              t.seed, cfg.data.num_workers, pin_memory=self.device.type == "cuda")
@@ -243,9 +264,8 @@ class Trainer:
                 if batch is None:
                     break
                 step = batch.step
-                if di.is_main:
-                    for err in batch.errors:
-                        log.warning("data error (skipped): %s", err)
+                if tb is not None and step == self.start_step:
+                    tb.masks(batch, self.encoder.grid, cfg)
                 out = self.train_step(batch, step)
                 if out is not None:
                     window_clips += out["clips"]
@@ -255,21 +275,51 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - window_start
-                    logged = self.metrics_row(out, elapsed, window_clips, window_flops)
+                    logged = {**self.metrics_row(out, elapsed, window_clips, window_flops), **runlog.stamp()}
                     rows.append(logged)
                     if metrics is not None:
                         metrics.write(logged)
+                    if tb is not None:
+                        tb.scalars(logged)
                     window_start, window_clips, window_flops = time.perf_counter(), 0, 0.0
                 progress.update(logged)
                 if (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps:
-                    self.save(step + 1)
+                    self.save_logged(step + 1, runlog)
                 profiler.step()
         finally:
             profiler.__exit__(None, None, None)
             progress.close()
             if metrics is not None:
                 metrics.close()
+            if tb is not None:
+                tb.close()
+        if di.is_main:
+            outputs = finish_outputs(run_dir, t.plots)
+            runlog.end(rows, self.data_errors, outputs)
         return rows
+
+    def preflight_run_dir(self, run_dir: Path) -> list[str]:
+        """Checks on the run dir before anything is written (main process); returns deliberate changes to log."""
+        cfg = self.cfg
+        notes = []
+        if cfg.train.resume and checkpoint.list_checkpoints(run_dir):
+            stored, stored_world = preflight.stored_run(run_dir)
+            if stored is not None:
+                notes = preflight.check_resume_compatible(stored, cfg, stored_world, self.di.world_size)
+        preflight.check_writable(run_dir)
+        return notes
+
+    def save_logged(self, next_step: int, runlog: RunLog) -> None:
+        start = time.perf_counter()
+        path = checkpoint.checkpoint_dir(self.cfg.run_dir) / f"step_{next_step:08d}.pt"
+        try:
+            self.save(next_step)
+        except (OSError, RuntimeError) as e:
+            err = preflight.save_error(path, e)
+            if err is None:
+                raise
+            raise err from None
+        runlog.checkpoint(next_step, path, time.perf_counter() - start)
 
     def metrics_row(self, out: dict, elapsed: float, clips: int, flops: float) -> dict:
         clips_per_s = clips / max(elapsed, 1e-9)
@@ -280,30 +330,40 @@ class Trainer:
                 "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors}
 
 
-def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config file (see configs/)")
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (type, default, meaning); set any of them as key=value:\n" + help_table())
+    parser.add_argument("--config", help="a YAML recipe: a path, or the name of a packaged one ("
+                        + ", ".join(packaged_configs()) + ")")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
-    args = parser.parse_args(argv)
-    return args.config, args.overrides
+    return parser.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config_path, overrides = parse_args(argv)
+    args = parse_args(argv)
     try:
-        cfg = load_config(config_path, overrides)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
+        if args.debug:
+            raise
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     di = init_distributed()
     if not di.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         Trainer(cfg, di).run()
-    except (NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError, FileNotFoundError) as e:
-        # From a loader worker the message carries the worker's traceback; its last line is the error itself.
-        print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"error: {preflight.one_line(e)}", file=sys.stderr)
         return 1
     finally:
         shutdown_distributed()
