@@ -98,15 +98,18 @@ def draw_masks(cfg, out: Path, step: int = 0) -> Path:
     frames = to_rgb(video)
     rows = [overlay(frames, ctx, tgt, grid, m.tubelet_size) for ctx, tgt in sample_masks(packed)]
     cols = min(4, grid[0])
-    fig = Figure(figsize=(2.2 * cols, 2.4 * len(rows) + 0.3))
+    fig = Figure(figsize=(2.2 * cols, 2.7 * len(rows) + 0.3))
     names = mask_names(cfg)
     for r, (pics, (ctx, tgt)) in enumerate(zip(rows, sample_masks(packed))):
         for c in range(cols):
             t = c * grid[0] // cols
             ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
             ax.imshow(pics[t])
-            ax.set_xticks([])
-            ax.set_yticks([])
+            # token boundaries as thin lines: the grid the masks are drawn on
+            ax.set_xticks(np.arange(0, pics.shape[2] + 1, m.patch_size) - 0.5)
+            ax.set_yticks(np.arange(0, pics.shape[1] + 1, m.patch_size) - 0.5)
+            ax.tick_params(length=0, labelbottom=False, labelleft=False)
+            ax.grid(color="white", linewidth=0.3, alpha=0.6)
             if c == 0:
                 ax.set_ylabel(names[r], fontsize=8)
             ax.set_title(f"frame {t * m.tubelet_size}" + (f"\n{len(ctx)} context, {len(tgt)} target tokens"

@@ -51,13 +51,16 @@ def open_dataset(cfg: Config):
 def check_backends(cfg: Config, device: torch.device, dtype: torch.dtype) -> None:
     """Run each forced op backend once on tiny inputs, so one that cannot run here fails now, not inside step 0."""
     from vjepa_fast import ops
+    from vjepa_fast.models.vit import VIT_SIZES
 
+    size = VIT_SIZES[cfg.model.size]
+    dh = size["embed_dim"] // size["num_heads"]  # the encoder's head dim: kernels accept some head dims only
     probes = {
         "gather": lambda: ops.masked_gather(torch.zeros(1, 2, 8, device=device, dtype=dtype), None,
                                             torch.tensor([1, 0], device=device)),
-        "attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, 16, device=device, dtype=dtype),
+        "attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, dh, device=device, dtype=dtype),
                                                   torch.tensor([0, 4], device=device, dtype=torch.int32), 4),
-        "dense_attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, 16, device=device, dtype=dtype),
+        "dense_attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, dh, device=device, dtype=dtype),
                                                         torch.tensor([0, 4], device=device, dtype=torch.int32), 4,
                                                         uniform_len=4),
         "l1_loss": lambda: ops.l1_target_loss(torch.zeros(2, 8, device=device, dtype=dtype),
