@@ -188,8 +188,9 @@ def finish_outputs(run_dir: Path, plots: bool) -> list[str]:
             outputs.append(str(run_dir / "plots"))
         except PlotError as e:
             log.info("no plots: %s", e)
-        except (OSError, ValueError) as e:  # pictures are a bonus: never fail a finished run over them
-            log.warning("plots failed: %s", e)
+        except Exception as e:  # pictures are a bonus: never fail a finished run over them
+            log.warning("plots failed (%s: %s); draw them later with python -m vjepa_fast.plots %s",
+                        type(e).__name__, e, run_dir)
     return outputs
 
 

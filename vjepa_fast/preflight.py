@@ -167,8 +167,8 @@ def save_error(path: Path, e: OSError | RuntimeError) -> Optional[RunError]:
     full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "file write failed" in text
     if full:
         return RunError(f"saving {path} failed: no space left on the device of {path.parent}; free space or point "
-                        f"run_dir elsewhere (the previous checkpoint is intact)")
+                        f"run_dir elsewhere (the previous checkpoint, if any, is intact)")
     if isinstance(e, OSError):
         return RunError(f"saving {path} failed ({e.strerror or one_line(e)}); check run_dir (the previous "
-                        f"checkpoint is intact)")
+                        f"checkpoint, if any, is intact)")
     return None

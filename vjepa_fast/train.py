@@ -235,12 +235,17 @@ class Trainer:
         notes = self.preflight_run_dir(run_dir) if di.is_main else []
         try:
             self.resume()
+        except preflight.RunError:
+            raise
         except (RuntimeError, KeyError, ValueError) as e:
             raise preflight.RunError(f"the checkpoint in {checkpoint.checkpoint_dir(run_dir)} does not fit this "
                                      f"model ({preflight.one_line(e)[:300]}); resume with the run's own config.yaml "
                                      f"or use another run_dir") from None
         if di.is_main:
-            save_config(cfg, run_dir / "config.yaml")
+            try:
+                save_config(cfg, run_dir / "config.yaml")
+            except OSError as e:
+                raise preflight.save_error(run_dir / "config.yaml", e) from None
         runlog = RunLog(cfg, di.world_size, self.device, di.is_main)
         if self.start_step >= t.steps:
             if di.is_main:
