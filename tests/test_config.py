@@ -3,6 +3,7 @@ of --help; property tests that the override and index-file parsers never fail wi
 import string
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,3 +146,20 @@ def test_any_index_file_parses_or_fails_in_one_line(tmp_path, text, junk):
 
 def test_override_parser_keeps_text_it_cannot_read_as_yaml():
     assert parse_override("data.path=a: b: c") == ("data.path", "a: b: c")
+
+
+yaml_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.sampled_from(KEYS + ["base", "train", "x"]),
+                                                                   inner, max_size=3)), max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=64), yaml_values.map(lambda v: yaml.safe_dump(v).encode())))
+def test_any_config_file_is_valid_or_one_config_error(tmp_path, content):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    try:
+        load_config(str(path))
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
