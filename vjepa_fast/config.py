@@ -534,5 +534,9 @@ def to_dict(cfg: Config) -> dict:
                      else to_dict_value(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)}
 
 
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(dump_config(cfg))

@@ -27,10 +27,10 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-import yaml
 
 from vjepa_fast import checkpoint, ops, preflight
-from vjepa_fast.config import OPS, Config, ConfigError, help_table, load_config, packaged_configs, save_config, to_dict
+from vjepa_fast.config import (OPS, Config, ConfigError, dump_config, help_table, load_config, packaged_configs,
+                               save_config)
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, make_loader
 from vjepa_fast.flops import device_peak_flops
 from vjepa_fast.metrics import MetricsLog, Progress
@@ -358,7 +358,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(dump_config(cfg), end="")
         return 0
     di = init_distributed()
     if not di.is_main:
