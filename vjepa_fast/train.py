@@ -1,8 +1,8 @@
 """V-JEPA (and VideoMAE baseline) pretraining: `torchrun vjepa_fast/train.py [--config FILE] [key=value ...]`.
 
 With no arguments it trains the tiny model on built-in synthetic videos. Read top to bottom: config -> processes ->
-model -> parallelism -> optimizer -> resume -> data -> the step loop (forward, loss guard, backward, clip, AdamW, EMA,
-metrics, checkpoints).
+model -> parallelism -> optimizer -> checks before the run dir is touched (data, run dir, stored run) -> resume ->
+the step loop (forward, loss guard, backward, clip, AdamW, EMA, metrics, checkpoints) -> summary and plots.
 """
 from __future__ import annotations
 
