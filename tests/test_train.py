@@ -14,7 +14,7 @@ from vjepa_fast.config import load_config
 from vjepa_fast.parallel import DistInfo
 
 SMALL = ["train.steps=8", "train.batch_size=2", "train.log_every=1", "train.ckpt_every=4", "train.progress=false",
-         "data.num_workers=0", "data.num_frames=4", "data.crop_size=64", "optim.warmup_steps=2"]
+         "data.num_workers=0", "data.num_frames=4", "data.crop_size=64", "optim.warmup_steps=2", "train.plots=false"]
 
 
 def make_trainer(run_dir, extra=()):

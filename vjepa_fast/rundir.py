@@ -16,7 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch.distributed as dist
 
@@ -119,11 +119,15 @@ class RunDir:
         self.group = group
         self.lock = RunDirLock(self.run_dir)
 
-    def open(self, resume: bool | str) -> ResumeDecision:
-        """Collective: every rank gets rank 0's decision, or every rank raises its error."""
+    def open(self, resume: bool | str, precheck: Optional[Callable[[], Optional[str]]] = None) -> ResumeDecision:
+        """Collective: every rank gets rank 0's decision, or every rank raises its error. `precheck` (rank 0, before
+        anything is written) returns None or the one-line reason the start is refused."""
         decision = None
         if self.is_main:
             try:
+                refused = precheck() if precheck is not None else None
+                if refused is not None:
+                    raise RunDirError(refused)
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self.lock.acquire()
                 decision = decide(self.run_dir, resume)

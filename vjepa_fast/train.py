@@ -1,8 +1,8 @@
 """V-JEPA (and VideoMAE baseline) pretraining: `torchrun vjepa_fast/train.py [--config FILE] [key=value ...]`.
 
 With no arguments it trains the tiny model on built-in synthetic videos. Read top to bottom: config -> processes ->
-model -> parallelism -> optimizer -> resume -> data -> the step loop (forward, loss guard, backward, clip, AdamW, EMA,
-metrics, checkpoints).
+model -> parallelism -> optimizer -> checks before the run dir is touched (data, run dir, stored run) -> resume ->
+the step loop (forward, loss guard, backward, clip, AdamW, EMA, metrics, checkpoints) -> summary and plots.
 """
 from __future__ import annotations
 
@@ -28,18 +28,21 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from vjepa_fast import checkpoint, ops
+from vjepa_fast import checkpoint, ops, preflight
 from vjepa_fast.checkpoint import CheckpointError
-from vjepa_fast.config import Config, ConfigError, load_config, save_config
-from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
+from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
+from vjepa_fast.data.loader import DataLoadError, MaskCollate, make_loader
 from vjepa_fast.flops import device_peak_flops
 from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, StopRequest
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
+from vjepa_fast.plots import finish_outputs
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.rundir import ResumeDecision, RunDir, RunDirError
+from vjepa_fast.runlog import RunLog
 from vjepa_fast.schedules import Schedules
+from vjepa_fast.tb_log import TensorBoardLog
 from vjepa_fast.weights import CheckpointFormatError, load_into, model_config
 
 log = logging.getLogger("vjepa_fast.train")
@@ -53,6 +56,11 @@ class NonFiniteLossError(RuntimeError):
 
 class DataErrorLimit(RuntimeError):
     pass
+
+
+# Failures a user causes and can fix: main() prints their one line (no traceback unless --debug).
+USER_ERRORS = (preflight.RunError, NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError,
+               FileNotFoundError, RunDirError, CheckpointError, ConfigError)
 
 
 def param_groups(modules, weight_decay: float) -> list[dict]:
@@ -87,11 +95,14 @@ class Trainer:
         self.cfg, self.di, self.device = cfg, di, di.device
         t = cfg.train
         torch.manual_seed(t.seed)  # identical initial weights on every rank (FSDP2 shards what each rank built)
-        ops.configure(cfg.backends)
+        ops.configure(cfg.backends)  # every op, so a backend forced by an earlier Trainer in this process does not linger
+        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        preflight.check_backends(cfg, self.device, torch.bfloat16 if use_bf16 else torch.float32)
         enable_nvtx(t.nvtx)
         ops._backend.set_check_indices(t.check_indices)
         self.model = build_model(cfg)
         if t.init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
+            preflight.check_init_from(t.init_from)
             loaded = load_into(self.model, t.init_from)
             if di.is_main:
                 log.info("initialised %s from %s", ", ".join(loaded), t.init_from)
@@ -100,7 +111,6 @@ class Trainer:
         self.num_tokens = self.encoder.num_tokens
         self.masker = build_masker(cfg, self.encoder.grid)
         self.schedules = Schedules(cfg.optim, t.steps)
-        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
         tops = [m for m in (getattr(self.model, n, None) for n in ("encoder", "predictor", "target_encoder",
@@ -233,12 +243,23 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Hold the run dir (lock + one resume decision for every rank) for the whole run."""
-        hold = RunDir(self.cfg.run_dir, self.di.is_main, self.di.control_group)
-        decision = hold.open(self.cfg.train.resume)
+        run_dir = Path(self.cfg.run_dir)
+        dataset = preflight.open_dataset(self.cfg)  # a bad data path fails before the run dir is touched
+        notes: list[str] = []
+
+        def precheck() -> Optional[str]:  # rank 0, before the lock: a refused start leaves the run dir as it was
+            try:
+                notes.extend(self.preflight_run_dir(run_dir))
+            except preflight.RunError as e:
+                return str(e)
+            return None
+
+        hold = RunDir(run_dir, self.di.is_main, self.di.control_group)
+        decision = hold.open(self.cfg.train.resume, precheck)
         self.stop = StopRequest(self.di.control_group)
         clean = False
         try:
-            rows = self._run(decision)
+            rows = self._run(decision, dataset, notes)
             self.checkpointer.wait()
             clean = True
             return rows
@@ -246,18 +267,31 @@ class Trainer:
             self.stop.close(clean)
             hold.close()
 
-    def _run(self, decision: ResumeDecision) -> list[dict]:
+    def _run(self, decision: ResumeDecision, dataset, notes: list[str]) -> list[dict]:
         cfg, di, t = self.cfg, self.di, self.cfg.train
         run_dir = Path(cfg.run_dir)
+        # config.yaml is written only once the resume succeeded, so a failed start leaves an existing run as it was.
+        try:
+            self.resume(decision)
+        except (preflight.RunError, CheckpointError):
+            raise
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise preflight.RunError(f"the checkpoint in {checkpoint.checkpoint_dir(run_dir)} does not fit this "
+                                     f"model ({preflight.one_line(e)[:300]}); resume with the run's own config.yaml "
+                                     f"or use another run_dir") from None
         if di.is_main:  # only now, under the lock: a refused launch never touches a running run's files
-            save_config(cfg, run_dir / "config.yaml")
+            try:
+                save_config(cfg, run_dir / "config.yaml")
+            except OSError as e:
+                raise preflight.save_error(run_dir / "config.yaml", e) from None
             self.config_yaml = (run_dir / "config.yaml").read_text()
-        self.resume(decision)
+        runlog = RunLog(cfg, di.world_size, self.device, di.is_main)
         if self.start_step >= t.steps:
             if di.is_main:
                 log.info("run already finished (%d steps)", t.steps)
             return []
-        dataset = build_dataset(cfg.data, cfg.train.seed)
+        runlog.start(self.model, self.num_tokens, self.encoder.grid, dataset, self.start_step, notes)
+        tb = TensorBoardLog.open(run_dir, t.tensorboard, self.start_step) if di.is_main else None
         collate = MaskCollate(self.masker, self.num_tokens, cfg.masks.truncate_to_batch_min)
         loader = make_loader(dataset, collate, t.batch_size, di.rank, di.world_size, self.start_step, t.steps,
                              t.seed, cfg.data.num_workers, pin_memory=self.device.type == "cuda")
@@ -275,9 +309,8 @@ class Trainer:
                 if batch is None:
                     break
                 step = batch.step
-                if di.is_main:
-                    for err in batch.errors:
-                        log.warning("data error (skipped): %s", err)
+                if tb is not None and step == self.start_step:
+                    tb.masks(batch, self.encoder.grid, cfg)
                 out = self.train_step(batch, step)
                 if out is not None:
                     window_clips += out["clips"]
@@ -287,16 +320,18 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - window_start
-                    logged = self.metrics_row(out, elapsed, window_clips, window_flops)
+                    logged = {**self.metrics_row(out, elapsed, window_clips, window_flops), **runlog.stamp()}
                     rows.append(logged)
                     if metrics is not None:
                         metrics.write(logged)
+                    if tb is not None:
+                        tb.scalars(logged)
                     window_start, window_clips, window_flops = time.perf_counter(), 0, 0.0
                 progress.update(logged)
                 stop = self.stop.agreed()
                 due = (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps or stop
                 if due or save_pending:
-                    save_pending = not self.save(step + 1)
+                    save_pending = not self.save_logged(step + 1, runlog)
                 self.checkpointer.poll()
                 profiler.step()
                 if stop:
@@ -310,7 +345,38 @@ class Trainer:
             progress.close()
             if metrics is not None:
                 metrics.close()
+            if tb is not None:
+                tb.close()
+        if di.is_main:
+            outputs = finish_outputs(run_dir, t.plots)
+            runlog.end(rows, self.data_errors, outputs)
         return rows
+
+    def preflight_run_dir(self, run_dir: Path) -> list[str]:
+        """Checks on the run dir before anything is written (main process); returns deliberate changes to log."""
+        cfg = self.cfg
+        notes = []
+        if cfg.train.resume is True and checkpoint.list_checkpoints(run_dir):
+            stored, stored_world = preflight.stored_run(run_dir)
+            if stored is not None:
+                notes = preflight.check_resume_compatible(stored, cfg, stored_world, self.di.world_size)
+        preflight.check_writable(run_dir)
+        return notes
+
+    def save_logged(self, next_step: int, runlog: RunLog) -> bool:
+        """save() with a run-log line, and a one-line error for a save the user can fix (disk full, permissions)."""
+        start = time.perf_counter()
+        path = checkpoint.step_path(self.cfg.run_dir, next_step)
+        try:
+            saved = self.save(next_step)
+        except (OSError, RuntimeError) as e:
+            err = preflight.save_error(path, e)
+            if err is None:
+                raise
+            raise err from None
+        if saved:
+            runlog.checkpoint(next_step, path, time.perf_counter() - start)
+        return saved
 
     def metrics_row(self, out: dict, elapsed: float, clips: int, flops: float) -> dict:
         clips_per_s = clips / max(elapsed, 1e-9)
@@ -321,22 +387,31 @@ class Trainer:
                 "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors}
 
 
-def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config file (see configs/)")
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (type, default, meaning); set any of them as key=value:\n" + help_table())
+    parser.add_argument("--config", help="a YAML recipe: a path, or the name of a packaged one ("
+                        + ", ".join(packaged_configs()) + ")")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
-    args = parser.parse_args(argv)
-    return args.config, args.overrides
+    return parser.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config_path, overrides = parse_args(argv)
+    args = parse_args(argv)
     try:
-        cfg = load_config(config_path, overrides)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
+        if args.debug:
+            raise
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
     di = init_distributed(cfg.parallel.timeout_s)
     if not di.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -345,10 +420,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         trainer.run()
         if trainer.preempted:
             return REQUEUE_EXIT_CODE
-    except (NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError, FileNotFoundError,
-            RunDirError, CheckpointError, ConfigError) as e:
-        # From a loader worker the message carries the worker's traceback; its last line is the error itself.
-        print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"error: {preflight.one_line(e)}", file=sys.stderr)
         return 1
     finally:
         shutdown_distributed()

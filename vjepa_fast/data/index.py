@@ -21,9 +21,12 @@ class VideoEntry(NamedTuple):
 
 def _parse_label(text: str, where: str) -> int:
     try:
-        return int(text)
+        label = int(text)
     except ValueError:
-        raise ValueError(f"{where}: label {text!r} is not an integer") from None
+        raise ValueError(f"{where}: label {text[:40]!r} is not an integer") from None
+    if not -2**63 <= label < 2**63:  # labels become int64 tensors in the loader
+        raise ValueError(f"{where}: label {text[:40]} does not fit a 64-bit integer")
+    return label
 
 
 def _resolve(path_text: str, folder: Path) -> str:

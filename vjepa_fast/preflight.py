@@ -1,0 +1,182 @@
+"""Checks a run makes before it touches its run directory, and the one-line form of the errors a user can fix.
+
+Order in `Trainer.run`: data source, optional decoder, forced backends, `train.init_from`, the stored run's config
+(on resume), a writable run dir; only then the resume itself, and only after it the resolved config is written. So a
+start that fails leaves an existing run directory as it was.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from vjepa_fast.config import Config, ConfigError, load_config, to_dict
+
+
+class RunError(RuntimeError):
+    """A failure the user can fix; the message is one line naming the problem and the fix."""
+
+
+def one_line(e: BaseException) -> str:
+    """The last non-empty line of an error (a loader worker's error carries the worker's traceback before it)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+def open_dataset(cfg: Config):
+    """Build the training dataset (index files parsed, folders scanned, the decoder resolved) or say what is wrong."""
+    from vjepa_fast.data.loader import build_dataset
+
+    if cfg.data.path != "synthetic":
+        from vjepa_fast.data.decode import resolve_decoder
+
+        try:
+            resolve_decoder(cfg.data.decoder)
+        except ValueError as e:
+            raise RunError(f"{one_line(e)} (install it, or set data.decoder=pyav)") from None
+    try:
+        return build_dataset(cfg.data, cfg.train.seed)
+    except (ValueError, OSError) as e:
+        raise RunError(f"{one_line(e)} (data.path takes 'synthetic', a folder of videos, an index file of "
+                       f"'path label' lines, or several of those comma-separated)") from None
+
+
+# ---- backends ------------------------------------------------------------------------------------------------------
+def check_backends(cfg: Config, device: torch.device, dtype: torch.dtype) -> None:
+    """Run each forced op backend once on tiny inputs, so one that cannot run here fails now, not inside step 0."""
+    from vjepa_fast import ops
+    from vjepa_fast.models.rope import apply_rope_qkv, rope_tables
+    from vjepa_fast.models.vit import VIT_SIZES
+    from vjepa_fast.ops import _backend
+
+    size = VIT_SIZES[cfg.model.size]
+    dh = size["embed_dim"] // (cfg.model.num_heads or size["num_heads"])  # the encoder's head dim: kernels accept some head dims only
+    probes = {
+        "gather": lambda: ops.indexed_gather_add(torch.zeros(2, 8, device=device, dtype=dtype),
+                                                 torch.tensor([1, 0], device=device), None, None),
+        "attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, dh, device=device, dtype=dtype),
+                                                  torch.tensor([0, 4], device=device, dtype=torch.int32), 4),
+        "dense_attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, dh, device=device, dtype=dtype),
+                                                        torch.tensor([0, 4], device=device, dtype=torch.int32), 4,
+                                                        uniform_len=4),
+        "l1_loss": lambda: ops.l1_target_loss(torch.zeros(2, 8, device=device, dtype=dtype),
+                                              torch.zeros(2, 8, device=device, dtype=dtype),
+                                              torch.tensor([0, 1], device=device), torch.ones(2, device=device)),
+        "ema": lambda: ops.ema_update_([torch.zeros(8, device=device)], [torch.zeros(8, device=device)], 0.5),
+        "rope": lambda: apply_rope_qkv(torch.zeros(2, 3, 1, dh, device=device, dtype=dtype),
+                                       rope_tables(torch.tensor([0, 1], device=device), (1, 1, 2), dh)),
+    }
+    for op in _backend.op_names():
+        name = getattr(cfg.backends, op)
+        if name == "auto":
+            continue
+        try:
+            probes[op]()
+        except (RuntimeError, ValueError, ImportError) as e:
+            raise RunError(f"backends.{op}={name} cannot run here ({one_line(e)}); use backends.{op}=auto or "
+                           f"another backend (python -m vjepa_fast.train --help lists them)") from None
+
+
+# ---- weights to start from -----------------------------------------------------------------------------------------
+def check_init_from(path: Optional[str]) -> None:
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():  # a run dir, a sharded checkpoint or a Hugging Face model dir: the weights reader checks it
+        return
+    if not p.is_file():
+        raise RunError(f"train.init_from: no such file or directory {path} (point it at weights of a format in "
+                       f"docs/weights.md, or leave it unset)")
+    if p.stat().st_size == 0:
+        raise RunError(f"train.init_from: {path} is an empty file (0 bytes); the copy or download is incomplete")
+    if not os.access(p, os.R_OK):
+        raise RunError(f"train.init_from: {path} is not readable (check its permissions)")
+
+
+# ---- the stored run ------------------------------------------------------------------------------------------------
+# Keys whose change makes the stored checkpoint or data stream mean something else: a resume with any of them changed
+# is refused. Everything else that changed is logged as a deliberate change.
+INCOMPATIBLE_PREFIXES = ("method", "model.", "data.num_frames", "data.crop_size")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "backends":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_compatible(stored: Config, cfg: Config, stored_world: Optional[int], world: int) -> list[str]:
+    """Compare the stored run's config with this start's. Raises RunError naming the changes that cannot be resumed
+    (model, method, clip shape, global batch); returns one line per other change, for the log."""
+    old, new = _flat(to_dict(stored)), _flat(to_dict(cfg))
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    changed.pop("run_dir", None)  # the same run found under another path (moved, or a relative path)
+    refused = [f"{k} {a} -> {b}" for k, (a, b) in changed.items() if k.startswith(INCOMPATIBLE_PREFIXES)]
+    old_world = stored_world or world
+    old_global, new_global = stored.train.batch_size * old_world, cfg.train.batch_size * world
+    if old_global != new_global:
+        refused.append(f"global batch {old_global} -> {new_global} (train.batch_size x processes: "
+                       f"{stored.train.batch_size} x {old_world} -> {cfg.train.batch_size} x {world})")
+    if refused:
+        raise RunError(f"{cfg.run_dir} holds a run with other settings: {'; '.join(refused)}; resume it with its "
+                       f"own settings (its config.yaml), or start a new run with another run_dir")
+    notes = [f"{k} {a} -> {b}" for k, (a, b) in changed.items() if k != "train.batch_size"]
+    if world != old_world:
+        notes.append(f"processes {old_world} -> {world} (same global batch {new_global})")
+    return notes
+
+
+def stored_run(run_dir: Path) -> tuple[Optional[Config], Optional[int]]:
+    """(config.yaml of an existing run, the process count of its last start) or (None, None) for a new run dir."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None, None
+    try:
+        stored = load_config(str(path))
+    except ConfigError as e:
+        raise RunError(f"{path} cannot be read back ({e}); fix or move it, or start a new run with another "
+                       f"run_dir") from None
+    world = None
+    starts = run_dir / "starts.jsonl"
+    if starts.is_file():
+        for line in starts.read_text().splitlines():
+            try:
+                world = int(json.loads(line)["world_size"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn line
+    return stored, world
+
+
+# ---- the run dir ---------------------------------------------------------------------------------------------------
+def check_writable(run_dir: Path) -> None:
+    """Create the run dir and prove a file can be written there."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise RunError(f"run_dir {run_dir} is not writable ({e.strerror or e}); choose another run_dir or fix "
+                       f"its permissions") from None
+
+
+def save_error(path: Path, e: OSError | RuntimeError) -> Optional[RunError]:
+    """A RunError for a checkpoint save that failed for a reason the user can fix (disk full, permissions)."""
+    text = str(e)
+    full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "file write failed" in text
+    if full:
+        return RunError(f"saving {path} failed: no space left on the device of {path.parent}; free space or point "
+                        f"run_dir elsewhere (the previous checkpoint, if any, is intact)")
+    if isinstance(e, OSError):
+        return RunError(f"saving {path} failed ({e.strerror or one_line(e)}); check run_dir (the previous "
+                        f"checkpoint, if any, is intact)")
+    return None
