@@ -44,9 +44,19 @@ def mask_summary(cfg: Config) -> str:
 
 
 def backend_summary(cfg: Config) -> str:
-    from vjepa_fast.config import OPS
+    """What the config asks of each op (`auto`: the registry chooses per input kind on first use)."""
+    from vjepa_fast.ops import _backend
 
-    return ", ".join(f"{op}={cfg.backends.get(op, 'auto')}" for op in OPS)
+    return ", ".join(f"{op}={getattr(cfg.backends, op)}" for op in _backend.op_names())
+
+
+def chosen_summary() -> str:
+    """What the registry chose, per op and input kind (key), during this run."""
+    from vjepa_fast.ops import chosen_backends
+
+    chosen = chosen_backends()
+    return "; ".join(f"{op}: " + ", ".join(f"{name} for {key}" for key, name in keys.items())
+                     for op, keys in chosen.items()) or "-"
 
 
 def data_summary(cfg: Config, dataset) -> str:
@@ -94,7 +104,7 @@ class RunLog:
             ("steps", f"{t.steps} (warm-up {o.warmup_steps}, schedules over {round(t.steps * o.schedule_scale)})"),
             ("run dir", str(Path(cfg.run_dir).resolve())),
             ("resumed from", resumed),
-            ("backends", backend_summary(cfg)),
+            ("backends asked", backend_summary(cfg)),
         ]
         width = max(len(k) for k, _ in lines)
         log.info("run start\n%s", "\n".join(f"  {k:<{width}}  {v}" for k, v in lines))
@@ -132,6 +142,7 @@ class RunLog:
             ("MFU", f"{sum(mfus) / len(mfus):.1%}" if mfus else "- (unknown peak: set train.peak_tflops)"),
             ("final loss", f"{rows[-1]['loss']:.4f}" if rows else "-"),
             ("data errors", str(data_errors)),
+            ("backends chosen", chosen_summary()),
             ("outputs", ", ".join(outputs)),
             ("next", eval_command(cfg)),
         ]
