@@ -36,7 +36,7 @@ class MaskConfig:
     aspect_min: float = 0.75
     aspect_max: float = 1.5
     tube_ratio: float = 0.9  # VideoMAE
-    truncate_to_batch_min: bool = False  # reproduce the reference code's token dropping
+    truncate_to_batch_min: bool = False  # reproduce the original code's token dropping
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Import and export of the reference code's checkpoint format (RECIPE.md "Checkpoints of the reference code").
+"""Import and export of the original code's checkpoint format (docs/recipe.md, "Checkpoints of the original code").
 
 The reference saves a dict with `encoder`, `predictor`, `target_encoder` (and optimizer state) whose parameter names
 carry wrapper prefixes (`module.backbone.`). Importing strips any such prefix, so no prefix surgery is needed by

@@ -22,18 +22,11 @@ def build_model(cfg: Config) -> nn.Module:
 
         return build_videomae(cfg, encoder)
     from vjepa_fast.models.jepa import VJEPA
-    from vjepa_fast.models.predictor import PREDICTOR_DEFAULTS, Predictor
+    from vjepa_fast.models.predictor import build_predictor
 
-    defaults = PREDICTOR_DEFAULTS[cfg.model.size]
-    predictor = Predictor(
-        embed_dim=encoder.embed_dim,
-        pred_dim=cfg.model.pred_width or defaults["pred_dim"],
-        depth=cfg.model.pred_depth or defaults["depth"],
-        num_heads=defaults.get("num_heads", encoder.num_heads),
-        grid=encoder.grid,
-        num_mask_tokens=2,
-    )
-    return VJEPA(encoder, predictor)
+    m = cfg.model
+    overrides = {key: value for key, value in (("pred_dim", m.pred_width), ("depth", m.pred_depth)) if value}
+    return VJEPA(encoder, build_predictor(m.size, encoder.embed_dim, encoder.grid, num_mask_tokens=2, **overrides))
 
 
 def build_masker(cfg: Config, grid: tuple[int, int, int]):

@@ -125,7 +125,8 @@ def _validate(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Ten
     if not isinstance(src, torch.Tensor) or src.dim() != 2:
         raise ValueError(f"indexed_gather_add: src must be [S, D], got shape {tuple(getattr(src, 'shape', ()))}")
     if src.dtype not in _DTYPES + (torch.float64,):
-        raise ValueError(f"indexed_gather_add: src must be fp32/bf16/fp16 (fp64: reference only), got {src.dtype}")
+        raise ValueError(f"indexed_gather_add: src must be fp32/bf16/fp16 (fp64: the reference backend only), "
+                         f"got {src.dtype}")
     _check_index_list("src_rows", src_rows, src)
     if pos is None:
         if pos_rows is not None:
@@ -164,7 +165,7 @@ def indexed_gather_add(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[
     many times (a mask token) gets the sum of all its copies' gradients; pos (a fixed buffer) gets none.
     check_range: check every index against its table (default: on the CPU always, on a GPU in debug mode only,
         `train.check_indices`, since it costs a host sync; unchecked, the CUDA kernel fills the output row of an
-        out-of-range index with NaN, and the C++ CPU kernel and the reference raise IndexError). Under
+        out-of-range index with NaN, and the C++ CPU kernel and the plain definition raise IndexError). Under
         torch.compile it runs as a traced assertion (_backend.check_index_range).
     unique_rows: picks the backward algorithm; both are correct for any rows and sum repeats in fp32.
         True: each destination row is written once, walking the list of rows that gathered it (no atomics; good
