@@ -121,7 +121,7 @@ def _check_index_list(name: str, idx: torch.Tensor, src: torch.Tensor) -> None:
 
 
 def _validate(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Tensor],
-              pos_rows: Optional[torch.Tensor], check_range: bool) -> None:
+              pos_rows: Optional[torch.Tensor]) -> None:
     if not isinstance(src, torch.Tensor) or src.dim() != 2:
         raise ValueError(f"indexed_gather_add: src must be [S, D], got shape {tuple(getattr(src, 'shape', ()))}")
     if src.dtype not in _DTYPES + (torch.float64,):
@@ -149,10 +149,13 @@ def _validate(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Ten
         if pos.requires_grad and torch.is_grad_enabled():
             raise ValueError("indexed_gather_add: pos gets no gradient (the position embedding is a fixed buffer); "
                              "pass pos.detach() or a buffer")
-    if check_range:
-        _backend.check_index_range("indexed_gather_add", "src_rows", src_rows, src.shape[0])
-        if pos is not None:
-            _backend.check_index_range("indexed_gather_add", "pos_rows", pos_rows, pos.shape[0])
+
+
+def _check_ranges(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Tensor],
+                  pos_rows: Optional[torch.Tensor]) -> None:
+    _backend.check_index_range("indexed_gather_add", "src_rows", src_rows, src.shape[0])
+    if pos is not None:
+        _backend.check_index_range("indexed_gather_add", "pos_rows", pos_rows, pos.shape[0])
 
 
 def indexed_gather_add(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Tensor],
@@ -173,6 +176,9 @@ def indexed_gather_add(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[
     """
     if check_range is None:
         check_range = _backend.check_indices_by_default(src.device)
-    _validate(src, src_rows, pos, pos_rows, check_range)
+    _validate(src, src_rows, pos, pos_rows)
     backend = GATHER.choose((src.device.type, src.dtype))
+    # The C++ CPU kernel checks both index lists itself (the same IndexError), so a Python pass would only repeat it.
+    if check_range and (backend.name != "cpu" or torch.compiler.is_compiling()):
+        _check_ranges(src, src_rows, pos, pos_rows)
     return backend.run(src, src_rows.long(), pos, None if pos is None else pos_rows.long(), unique_rows)
