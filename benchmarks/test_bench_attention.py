@@ -14,7 +14,7 @@ time Python, not the kernel.
 
 Timing: pytest-benchmark rounds (each synchronised) give the wall-clock statistics; on a GPU the figure of record is
 triton.testing.do_bench's median (CUDA events, warm-up, L2 flushed), stored in extra_info with the derived TFLOP/s.
-FLOPs count useful work only (DESIGN.md): forward 4 * sum(len^2) * H * Dh, backward 2 x forward, no recompute.
+FLOPs count useful work only (docs/architecture.md, performance model): forward 4 * sum(len^2) * H * Dh, backward 2 x forward, no recompute.
 `roofline` divides by this card's measured bf16 matmul rate (benchmarks/roofline.py).
 
     PYTHONPATH=. pytest benchmarks/test_bench_attention.py --benchmark-only

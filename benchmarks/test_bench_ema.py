@@ -6,7 +6,7 @@ over every parameter tensor of an encoder, m = 0.998 (the recipe's starting mome
   launch per source dtype / one parallel loop over chunks), called through the public function as training does;
 - `foreach`: the best PyTorch-native alternative, `torch._foreach_lerp_(targets, sources, 1 - m)` written as a user
   would, with bf16 sources first cast to fp32 (lerp needs one dtype; the cast is part of its cost);
-- `reference` (the baseline): `ema_update_reference`, the reference code's Python loop of mul_ / add_.
+- `reference` (the baseline): `ema_update_reference`, the original code's Python loop of mul_ / add_.
 
 GPU: the parameters of the ViT-L/16 encoder (292 tensors, 304M values), built on the card in fp32; CPU: the tiny
 encoder's (52 tensors, 0.6M values). Sources are the parameters themselves (fp32) or a bf16 copy of them; targets are

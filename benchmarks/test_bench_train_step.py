@@ -4,7 +4,7 @@ Rows (group "train_step"):
 - vjepa_fast: VJEPA with the default backends (gather, varlen attention, fused L1 loss, fused EMA kernels),
   every sample's full token sets packed (no truncation), eager;
 - vjepa_fast_compiled (GPU only): the same with each transformer block torch.compile'd (train.compile=true);
-- vjepa_reference_style (the baseline): the reference code's way on the same model: masks truncated to the batch
+- vjepa_reference_style (the baseline): the original code's way on the same model: masks truncated to the batch
   minimum, one dense pass per mask configuration, plain SDPA, LayerNorm-gather-abs-mean loss, Python EMA loop, eager;
 - videomae: the pixel-reconstruction baseline (tube masks 90%, decoder, norm-pix MSE), eager.
 
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -
 from vjepa_fast import ops  # noqa: E402
 from vjepa_fast.config import load_config  # noqa: E402
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader  # noqa: E402
-from vjepa_fast.models.reference_style import ReferenceStyleVJEPA  # noqa: E402
+from reference_style import ReferenceStyleVJEPA  # noqa: E402
 from vjepa_fast.parallel import DistInfo  # noqa: E402
 from vjepa_fast.train import Trainer  # noqa: E402
 

@@ -105,7 +105,7 @@ def _trial(tfv, kernel: str, cfg: dict, fixed: dict, cases: dict) -> dict:
                     row["ms"][name] = _bench(lambda: tfv._forward(*args))
                 else:
                     det = kernel != "bwd_atomic"  # dkdv and dq are tuned inside the split backward
-                    os.environ[tfv.BWD_ENV] = "split" if det else "atomic"
+                    tfv._backend.set_attention_backward("split" if det else "atomic")
                     dqkv = tfv._backward(c.dout, c.qkv, out, lse, c.cu, c.max_len, c.scale, det)
                     row["rel_err"][name] = _rel(dqkv, c.ref_grad)
                     row["ms"][name] = _bench(
@@ -116,7 +116,7 @@ def _trial(tfv, kernel: str, cfg: dict, fixed: dict, cases: dict) -> dict:
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                 return row
             finally:
-                os.environ.pop(tfv.BWD_ENV, None)
+                tfv._backend.set_attention_backward("auto")
     row["total_ms"] = sum(row["ms"].values())
     row["ok"] = max(row["rel_err"].values()) < MAX_REL_ERR
     return row

@@ -92,8 +92,8 @@ def _assert_rule(name, fast, same, truth):
 
 
 def _run_triton(qkv, cu, max_seqlen, dout, deterministic=False):
-    """deterministic=False runs the atomic-dQ backward (backends.attention_backward=atomic), True the split one (also the
-    default), so the tests that take both cover both kernels."""
+    """deterministic=False runs the atomic-dQ backward (backends.attention_backward=atomic), True the split one (also
+    the default), so the tests that take both cover both kernels."""
     with attention_backward("split" if deterministic else "atomic"), poison_outputs():
         return _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_seqlen, deterministic=deterministic), qkv, dout)
 

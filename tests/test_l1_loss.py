@@ -1,7 +1,8 @@
 """Fused L1 target loss: the Triton path against an fp64 truth, with the plain definition as the yardstick.
 
 Without CUDA the kernel runs under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before vjepa_fast
-is imported; ops/_triton.py builds the kernel in that mode). With CUDA the same tests run the compiled kernel on the GPU.
+is imported; ops/_triton.py builds the kernel in that mode). With CUDA the same tests run the compiled kernel on the
+GPU.
 """
 import os
 import subprocess
@@ -68,7 +69,7 @@ def _check_against_truth(z, h, rows, w, upstream=0.37):
     ref_loss, ref_grad = _loss_and_grad(L.l1_target_loss_reference, z, h, rows.long(), w, upstream)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert grad.dtype == z.dtype and grad.shape == z.shape
-    # DESIGN.md: at most twice the reference's own error against fp64; the floor covers the summation order of a
+    # docs/testing.md: at most twice the plain definition's own error against fp64; the floor covers the summation order of a
     # few fp32 ulps when the reference happens to be nearly exact.
     floor = 16 * EPS32 * abs(float(loss64)) + 1e-30
     assert abs(float(loss) - float(loss64)) <= 2 * abs(float(ref_loss) - float(loss64)) + floor

@@ -44,7 +44,7 @@ def test_multiblock_statistics_match_recipe():
                 assert (pattern == pattern[:1]).all()
                 counts[m].append(ctx.size)
     assert len(counts[0]) >= 1000
-    # RECIPE.md: simulated context sizes about 584 (short range) and 294 (long range) of 1568 tokens.
+    # docs/recipe.md: simulated context sizes about 584 (short range) and 294 (long range) of 1568 tokens.
     assert abs(np.mean(counts[0]) - 584) < 40, np.mean(counts[0])
     assert abs(np.mean(counts[1]) - 294) < 40, np.mean(counts[1])
     # Positions vary from sample to sample.
@@ -373,10 +373,9 @@ def test_to_carries_the_predictor_gather_indices():
     q = p.to(torch.device("cpu"))
     for name in ("pred_src_rows", "pred_pos_rows"):
         assert torch.equal(getattr(q, name), getattr(p, name)), name
-    # Hand-built PackedMasks may leave them out (None); _map passes None through.
+    # Every field is required: a PackedMasks is always complete.
     vals = {f: getattr(p, f) for f in ("num_tokens", "batch_size", "num_masks", "ctx_rows", "ctx_cu", "ctx_max",
                                        "tgt_rows", "tgt_cu", "tgt_max", "tgt_mask_id", "tgt_counts", "pred_cu",
                                        "pred_max", "pred_ctx_slots", "pred_tgt_slots")}
-    bare = PackedMasks(**vals).to(torch.device("cpu"))
-    assert bare.pred_src_rows is None and bare.pred_pos_rows is None
-    assert torch.equal(bare.ctx_rows, p.ctx_rows)
+    with pytest.raises(TypeError, match="pred_src_rows"):
+        PackedMasks(**vals)

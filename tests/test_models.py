@@ -41,12 +41,20 @@ def _pack(sets, B, N):
         ctx_slots += range(start, start + ctx_len[s])
         tgt_slots += range(start + ctx_len[s], start + ctx_len[s] + tgt_len[s])
     tgt_counts = [sum(tgt_len[m * B:(m + 1) * B]) for m in range(M)]
+    # The predictor's gather, slot by slot: a context slot reads context row j, a target slot mask token Rc + m;
+    # the position is the token n either way.
+    Rc = len(ctx_rows)
+    src_rows, pos_rows = [0] * (Rc + len(tgt_rows)), [0] * (Rc + len(tgt_rows))
+    for j, (slot, row) in enumerate(zip(ctx_slots, ctx_rows)):
+        src_rows[slot], pos_rows[slot] = j, row % N
+    for slot, row, m in zip(tgt_slots, tgt_rows, mask_id):
+        src_rows[slot], pos_rows[slot] = Rc + m, row % N
     i64 = lambda v: torch.tensor(v, dtype=torch.int64)
     return PackedMasks(num_tokens=N, batch_size=B, num_masks=M, ctx_rows=i64(ctx_rows), ctx_cu=ctx_cu,
                        ctx_max=max(ctx_len), tgt_rows=i64(tgt_rows), tgt_cu=tgt_cu, tgt_max=max(tgt_len),
                        tgt_mask_id=i64(mask_id), tgt_counts=i64(tgt_counts), pred_cu=pred_cu,
                        pred_max=int((pred_cu[1:] - pred_cu[:-1]).max()), pred_ctx_slots=i64(ctx_slots),
-                       pred_tgt_slots=i64(tgt_slots))
+                       pred_tgt_slots=i64(tgt_slots), pred_src_rows=i64(src_rows), pred_pos_rows=i64(pos_rows))
 
 
 def _random_sets(B, M, N, gen, ctx_lens):
@@ -367,3 +375,23 @@ def test_bad_input_errors():
         pred(ctx[1:], pm)
     with pytest.raises(ValueError, match=r"\[Rc, 24\]"):
         pred(torch.randn(pm.ctx_rows.numel(), 23), pm)
+
+
+def test_vjepa_implements_the_trainer_protocol():
+    from vjepa_fast.config import load_config
+    from vjepa_fast.masks import MultiBlockMasker, pack_masks
+    from vjepa_fast.models.build import build_model
+    from vjepa_fast.models.protocol import PretrainModel
+
+    model = build_model(load_config(None, ["data.num_frames=4", "data.crop_size=64"]))
+    assert isinstance(model, PretrainModel)
+    assert model.top_modules() == [model.encoder, model.predictor, model.target_encoder]
+    assert model.trainable_modules() == [model.encoder, model.predictor]
+    targets, sources = model.ema_pairs()
+    assert len(targets) == len(sources) == len(list(model.encoder.parameters())) > 0
+    masks = pack_masks(MultiBlockMasker(model.grid, seed=1).sample(0, [0, 1, 2]), math.prod(model.grid))
+    counts = torch.tensor([40.0, 25.0], dtype=torch.float64)  # target rows per mask over all processes
+    w = model.row_weights(masks, counts, world_size=2)
+    want = torch.tensor([2 / (2 * 40 * model.encoder.embed_dim), 2 / (2 * 25 * model.encoder.embed_dim)])
+    assert w.dtype == torch.float32 and torch.equal(w, want.float()[masks.tgt_mask_id])
+    assert model.step_flops(masks) > 0

@@ -8,7 +8,7 @@ from vjepa_fast.models.pos_embed import interpolate_pos, sincos_3d
 
 
 def _table_by_loop(grid, dim):
-    """Straight from the RECIPE text: per axis c = 2 ceil(dim / 6) channels, c/2 sines then c/2 cosines."""
+    """Straight from docs/recipe.md: per axis c = 2 ceil(dim / 6) channels, c/2 sines then c/2 cosines."""
     T, H, W = grid
     c = 2 * math.ceil(dim / 6)
     rows = []

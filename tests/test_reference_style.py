@@ -1,11 +1,13 @@
-"""The reference-code-style V-JEPA step: same parameters, same loss and gradients as VJEPA on truncated masks."""
+"""The original-code-style V-JEPA step (benchmarks/reference_style.py): same parameters, same loss and gradients as
+VJEPA on truncated masks."""
 import pytest
 import torch
 
+from benchmarks.reference_style import ReferenceStyleVJEPA, per_mask_indices
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import pack_masks
 from vjepa_fast.models.build import build_masker, build_model
-from vjepa_fast.models.reference_style import ReferenceStyleVJEPA, per_mask_indices
+from vjepa_fast.models.protocol import PretrainModel
 from vjepa_fast.ops.ema import ema_update_
 
 # grid (2, 5, 5): N = 50 tokens, odd spatial sides; three short-range blocks so the context sizes vary per sample.
@@ -37,7 +39,7 @@ def test_loss_and_gradients_equal_vjepa_on_truncated_masks(B):
     masks = pack_masks(sets, model.encoder.num_tokens, truncate_to_batch_min=True)
     ref = ReferenceStyleVJEPA(model)
     params = [p for m in model.trainable_modules() for p in m.parameters()]
-    fast = model(video, masks, _row_weight(masks, model.loss_width))
+    fast = model(video, masks, _row_weight(masks, model.encoder.embed_dim))
     slow = ref(video, masks)
     torch.testing.assert_close(slow, fast, rtol=1e-5, atol=1e-7)
     g_fast = torch.autograd.grad(fast, params)
@@ -68,7 +70,12 @@ def test_same_parameters_and_python_ema_loop():
     model, _, _ = _setup(2)
     ref = ReferenceStyleVJEPA(model)
     assert [id(p) for p in ref.parameters()] == [id(p) for p in model.parameters()]
-    assert ref.loss_width == model.loss_width and ref.trainable_modules() == model.trainable_modules()
+    assert isinstance(ref, PretrainModel) and isinstance(model, PretrainModel)
+    assert ref.grid == model.grid and ref.trainable_modules() == model.trainable_modules()
+    assert ref.top_modules() == model.top_modules() == [model.encoder, model.predictor, model.target_encoder]
+    masks = pack_masks(_setup(2)[1], model.encoder.num_tokens)
+    counts = masks.tgt_counts.double()
+    torch.testing.assert_close(ref.row_weights(masks, counts, 1), _row_weight(masks, model.encoder.embed_dim))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in model.encoder.parameters():

@@ -13,6 +13,7 @@ from vjepa_fast import ops
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import TubeMasker, pack_masks
 from vjepa_fast.models.build import build_model
+from vjepa_fast.models.protocol import PretrainModel
 from vjepa_fast.models.videomae import (DECODER_DEFAULTS, VideoMAE, VideoMAEDecoder, build_videomae, clip_patches,
                                         patch_targets, pixel_mse_loss)
 from vjepa_fast.models.vit import VisionTransformer
@@ -127,7 +128,7 @@ def test_loss_and_gradients_equal_per_clip_loop():
     model = _model(torch.float32)
     B = 3
     video, masks = _video(B, torch.float32), _masks(B)
-    loss = model(video, masks, _row_weight(masks, model.loss_width).float())
+    loss = model(video, masks, _row_weight(masks, model.decoder.out_dim).float())
     params = [p for m in model.trainable_modules() for p in m.parameters()]
     grads = torch.autograd.grad(loss, params)
     expect = _loss_loop(model, video, masks)
@@ -164,7 +165,7 @@ def test_step_flops_match_flop_counter():
     ops.set_backend("attention", "reference")  # per-sequence SDPA: no padding in the counted work
     try:
         with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
-            model(video, masks, _row_weight(masks, model.loss_width).float()).backward()
+            model(video, masks, _row_weight(masks, model.decoder.out_dim).float()).backward()
     finally:
         ops.set_backend("attention", None)
     counts = {str(k).removeprefix("aten."): v for k, v in fc.get_flop_counts()["Global"].items()}
@@ -181,9 +182,13 @@ def test_decoder_sizes_and_block_list_names():
         assert (d["dim"], d["depth"]) == expect and d["dim"] % d["num_heads"] == 0
     cfg = load_config("configs/videomae_tiny.yaml", ["data.num_frames=4", "data.crop_size=32"])
     model = build_model(cfg)
-    assert isinstance(model, VideoMAE) and model.loss_width == 2 * 16 * 16 * 3
+    assert isinstance(model, VideoMAE) and isinstance(model, PretrainModel) and model.decoder.out_dim == 2 * 16 * 16 * 3
     assert model.decoder.dim == 48 and len(model.decoder.blocks) == 2
-    assert not hasattr(model, "ema_pairs")
+    assert model.ema_pairs() == ([], [])  # no target encoder
+    assert model.top_modules() == [model.encoder, model.decoder]
+    masks = _masks(2)
+    torch.testing.assert_close(model.row_weights(masks, masks.tgt_counts.double(), 1),
+                               _row_weight(masks, model.decoder.out_dim).float(), rtol=0, atol=0)
     # parallel.py finds (and so compiles / shards) the decoder's blocks
     assert any(bl is model.decoder.blocks for bl in block_lists(model.decoder))
     cfg = load_config("configs/videomae_tiny.yaml", ["model.pred_width=32", "model.pred_depth=3"])
@@ -196,7 +201,7 @@ def test_decoder_sizes_and_block_list_names():
 def test_bad_input_errors():
     model = _model(torch.float32)
     video, masks = _video(2, torch.float32), _masks(2)
-    rw = _row_weight(masks, model.loss_width).float()
+    rw = _row_weight(masks, model.decoder.out_dim).float()
     with pytest.raises(IndexError, match="row indices"):
         patch_targets(video, torch.tensor([0, 2 * masks.num_tokens]), TUBELET, PATCH)
     with pytest.raises(ValueError, match="not tiled"):

@@ -46,7 +46,7 @@ class MaskConfig:
     aspect_min: float = 0.75  # block aspect ratio (h / w) drawn in [aspect_min, aspect_max]
     aspect_max: float = 1.5  # see aspect_min
     tube_ratio: float = 0.9  # VideoMAE: fraction of spatial positions masked (tubes through time)
-    truncate_to_batch_min: bool = False  # reproduce the reference code's token dropping
+    truncate_to_batch_min: bool = False  # reproduce the original code's token dropping
 
 
 @dataclass

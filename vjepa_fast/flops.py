@@ -1,4 +1,4 @@
-"""Model FLOPs per step (DESIGN.md "Performance model") and peak rates of known GPUs, for MFU.
+"""Model FLOPs per step (docs/architecture.md, "Performance model") and peak rates of known GPUs, for MFU.
 
 Matmuls count 2*m*n*k; attention 4 * len^2 * width per layer per sequence forward; backward = 2 x forward. Only
 useful work is counted: no recompute, no padding.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,10 +37,8 @@ class PackedMasks:
     pred_max: int
     pred_ctx_slots: torch.Tensor  # int64 [Rc]
     pred_tgt_slots: torch.Tensor  # int64 [Rt]
-    # int64 [Rc + Rt], per predictor slot (module docstring). Optional so hand-built PackedMasks stay valid;
-    # pack_masks always fills them (on the CPU, with the other fields).
-    pred_src_rows: Optional[torch.Tensor] = None
-    pred_pos_rows: Optional[torch.Tensor] = None
+    pred_src_rows: torch.Tensor  # int64 [Rc + Rt], per predictor slot (module docstring)
+    pred_pos_rows: torch.Tensor  # int64 [Rc + Rt]
 
     def _map(self, fn) -> "PackedMasks":
         vals = {}
@@ -107,7 +105,7 @@ def _split_indices(keep: np.ndarray) -> list[np.ndarray]:
 
 @dataclass(frozen=True)  # frozen: SHORT_RANGE / LONG_RANGE are shared module-level constants
 class BlockSpec:
-    """One mask configuration of the multi-block generator (RECIPE.md "Masking")."""
+    """One mask configuration of the multi-block generator (docs/recipe.md, "Masking")."""
     num_blocks: int
     spatial_scale: float  # fraction of the H' x W' spatial grid covered by ONE block (0.15 short, 0.7 long)
     aspect_ratio: tuple[float, float] = (0.75, 1.5)  # block h / w drawn uniformly in this range
@@ -302,7 +300,7 @@ def _pack_role(arrays: list[np.ndarray], lens: np.ndarray, N: int, B: int, role:
 def pack_masks(masks: MaskList, num_tokens: int, truncate_to_batch_min: bool = False) -> PackedMasks:
     """Pack masks[m][b] = (ctx_idx, tgt_idx) into a PackedMasks (convention in the module docstring).
 
-    truncate_to_batch_min reproduces the reference code: per configuration, every context (target) list is cut to the
+    truncate_to_batch_min reproduces the original code: per configuration, every context (target) list is cut to the
     batch's smallest context (target) count, keeping the lowest token indices.
     """
     N = num_tokens

@@ -1,4 +1,4 @@
-"""The RECIPE's schedules as pure functions of the step: learning rate, weight decay, EMA momentum.
+"""The recipe's schedules (docs/recipe.md) as pure functions of the step: learning rate, weight decay, EMA momentum.
 
 Schedules span `total = steps * schedule_scale` steps (the reference stretches them by 1.25), so the run ends before
 the cosine reaches its floor and the EMA momentum reaches 1.

@@ -36,6 +36,7 @@ from vjepa_fast.flops import device_peak_flops
 from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, StopRequest
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
+from vjepa_fast.models.protocol import PretrainModel
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
 from vjepa_fast.plots import finish_outputs
 from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
@@ -106,16 +107,13 @@ class Trainer:
             loaded = load_into(self.model, t.init_from)
             if di.is_main:
                 log.info("initialised %s from %s", ", ".join(loaded), t.init_from)
-        self.model = self.model.to(self.device)
-        self.encoder = self.model.encoder
-        self.num_tokens = self.encoder.num_tokens
-        self.masker = build_masker(cfg, self.encoder.grid)
+        self.model: PretrainModel = self.model.to(self.device)
+        self.num_tokens = math.prod(self.model.grid)
+        self.masker = build_masker(cfg, self.model.grid)
         self.schedules = Schedules(cfg.optim, t.steps)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
-        tops = [m for m in (getattr(self.model, n, None) for n in ("encoder", "predictor", "target_encoder",
-                                                                   "decoder")) if m is not None]
-        parallelize(self.model, tops, world_size=di.world_size, compile=t.compile,
+        parallelize(self.model, self.model.top_modules(), world_size=di.world_size, compile=t.compile,
                     activation_checkpointing=t.activation_checkpointing, compile_backend=t.compile_backend,
                     mixed_precision=use_bf16 and self.device.type == "cuda", device_type=self.device.type,
                     mesh_shape=(cfg.parallel.replicate, cfg.parallel.shard))
@@ -168,19 +166,12 @@ class Trainer:
             stats = stats.cpu()
         return stats
 
-    def row_weight(self, masks, counts: torch.Tensor) -> torch.Tensor:
-        """Per target row: world / (M * rows of its mask over all ranks * width) -> the global per-mask mean."""
-        width = self.model.loss_width
-        per_mask = self.di.world_size / (masks.num_masks * counts.clamp(min=1) * width)
-        return per_mask.to(torch.float32).to(self.device)[masks.tgt_mask_id]
-
     def compute_loss(self, batch, row_weight: torch.Tensor) -> torch.Tensor:
         with self.autocast:
             return self.model(batch.video, batch.masks, row_weight)
 
-    def step_flops(self, batch) -> Optional[float]:
-        fn = getattr(self.model, "step_flops", None)
-        return fn(batch.masks) * self.di.world_size if fn is not None else None
+    def step_flops(self, batch) -> float:
+        return self.model.step_flops(batch.masks) * self.di.world_size
 
     def train_step(self, batch, step: int) -> Optional[dict]:
         sched = self.schedules(step)
@@ -195,7 +186,7 @@ class Trainer:
         flops = self.step_flops(batch)
         with nvtx_range("data"):
             dev = batch.to(self.device, non_blocking=True)
-        loss = self.compute_loss(dev, self.row_weight(dev.masks, stats[:M]))
+        loss = self.compute_loss(dev, self.model.row_weights(dev.masks, stats[:M], self.di.world_size))
         loss_value = loss.detach().clone()
         if self.di.world_size > 1:
             dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
@@ -213,10 +204,9 @@ class Trainer:
                 return self.skip(step, f"gradient norm is {grad_norm}")
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        ema = getattr(self.model, "ema_pairs", None)
-        if ema is not None:
+        targets, sources = self.model.ema_pairs()
+        if targets:
             with nvtx_range("ema"):
-                targets, sources = ema()
                 ops.ema_update_([local_tensor(t) for t in targets], [local_tensor(s) for s in sources],
                                 sched["ema_momentum"])
         self.nonfinite_in_a_row = 0

@@ -3,7 +3,7 @@
     python -m vjepa_fast.data.export_synthetic OUT_DIR --num 8 --frames 16 --size 64
 
 writes OUT_DIR/clip_00000.mp4 ... (H.264 via libx264 when PyAV has it, else MPEG-4 Part 2; yuv420p) and
-OUT_DIR/index.txt with one "absolute/path label" per line, space separated, as the reference code reads it.
+OUT_DIR/index.txt with one "absolute/path label" per line, space separated, as the original code reads it.
 """
 from __future__ import annotations
 

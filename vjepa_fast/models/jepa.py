@@ -1,6 +1,7 @@
 """V-JEPA: context encoder + predictor, EMA target encoder, L1 loss on normalised target features.
 
-A plain nn.Module: distribution, compilation and backends are applied from outside (parallel.py).
+A plain nn.Module: distribution, compilation and backends are applied from outside (parallel.py). It implements the
+trainer's protocol (models/protocol.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn as nn
 
 from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
+from vjepa_fast.models.protocol import per_mask_mean_weights
 from vjepa_fast.ops import l1_target_loss
 from vjepa_fast.profiling import nvtx_range
 
@@ -25,11 +27,18 @@ class VJEPA(nn.Module):
             p.requires_grad_(False)
 
     @property
-    def loss_width(self) -> int:
-        return self.encoder.embed_dim
+    def grid(self) -> tuple[int, int, int]:
+        return self.encoder.grid
+
+    def top_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.predictor, self.target_encoder]
+
+    def row_weights(self, masks: PackedMasks, target_counts: torch.Tensor, world_size: int) -> torch.Tensor:
+        """The objective's averaging: the mean |z - h| over each mask's target values, averaged over the masks."""
+        return per_mask_mean_weights(masks, target_counts, world_size, self.encoder.embed_dim)
 
     def step_flops(self, masks: PackedMasks) -> float:
-        """Useful FLOPs of one step on this batch (DESIGN.md performance model)."""
+        """Useful FLOPs of one step on this batch (docs/architecture.md, performance model)."""
         enc, pred = self.encoder, self.predictor
         ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
         pred_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()

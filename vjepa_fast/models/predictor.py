@@ -19,8 +19,8 @@ from vjepa_fast.models.rope import rope_tables
 from vjepa_fast.models.vit import LN_EPS, VIT_SIZES, Block, init_weights, rescale_blocks
 from vjepa_fast.ops.gather import indexed_gather_add
 
-# Predictor width / depth per encoder size; heads follow the encoder (RECIPE). The giant encoder's 22 heads do not
-# divide width 384, so its predictor uses 12 heads (head dim 32) instead.
+# Predictor width / depth per encoder size; heads follow the encoder (docs/recipe.md). The giant encoder's 22 heads do
+# not divide width 384, so its predictor uses 12 heads (head dim 32) instead.
 PREDICTOR_DEFAULTS: dict[str, dict] = {
     size: dict(pred_dim=48 if size == "tiny" else 384, depth=2 if size == "tiny" else 12,
                num_heads=12 if size == "giant" else cfg["num_heads"])
@@ -70,13 +70,13 @@ class Predictor(nn.Module):
                              f"{masks.tgt_mask_id.numel()}: they must agree")
         for name in ("pred_src_rows", "pred_pos_rows"):
             t = getattr(masks, name)
-            if t is not None and t.numel() != Rc + Rt:
+            if t.numel() != Rc + Rt:
                 raise ValueError(f"predictor: masks.{name} has {t.numel()} entries but the predictor buffer has "
                                  f"Rc + Rt = {Rc + Rt} rows")
         for name in ("ctx_rows", "tgt_rows", "tgt_mask_id", "pred_cu", "pred_ctx_slots", "pred_tgt_slots",
                      "pred_src_rows", "pred_pos_rows"):
             t = getattr(masks, name)
-            if t is not None and t.device != ctx.device:
+            if t.device != ctx.device:
                 raise ValueError(f"predictor: masks.{name} on {t.device} but ctx on {ctx.device}")
 
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
@@ -88,7 +88,7 @@ class Predictor(nn.Module):
         buf = layout_buffer(x, tokens, table, masks)
         rope = None
         if self.pos_kind == "rope":  # each slot's token index is its pred_pos_rows entry
-            rope = rope_tables(layout_rows(masks)[1], self.grid, self.pred_dim // self.num_heads)
+            rope = rope_tables(masks.pred_pos_rows, self.grid, self.pred_dim // self.num_heads)
         for block in self.predictor_blocks:
             buf = block(buf, masks.pred_cu, masks.pred_max, None, rope)
         z = buf.index_select(0, masks.pred_tgt_slots)  # norm is per token: normalise only what is returned
@@ -103,17 +103,6 @@ def build_predictor(size: str, embed_dim: int, grid: Grid, num_mask_tokens: int 
     return Predictor(embed_dim, grid=grid, num_mask_tokens=num_mask_tokens, **cfg)
 
 
-def layout_rows(masks: PackedMasks) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pred_src_rows, pred_pos_rows) of masks.py; built here from the slots when the masks were packed by hand."""
-    if masks.pred_src_rows is not None and masks.pred_pos_rows is not None:
-        return masks.pred_src_rows, masks.pred_pos_rows
-    Rc, N = masks.ctx_rows.numel(), masks.num_tokens
-    slots = torch.cat([masks.pred_ctx_slots, masks.pred_tgt_slots])
-    src = torch.cat([torch.arange(Rc, device=slots.device), Rc + masks.tgt_mask_id])
-    pos = torch.cat([masks.ctx_rows, masks.tgt_rows]) % N
-    return torch.empty_like(src).index_copy_(0, slots, src), torch.empty_like(pos).index_copy_(0, slots, pos)
-
-
 def layout_buffer(x: torch.Tensor, tokens: torch.Tensor, pos: Optional[torch.Tensor],
                   masks: PackedMasks) -> torch.Tensor:
     """The packed [ctx + pos ; mask token + pos] buffer of every sequence, in one gather.
@@ -124,5 +113,4 @@ def layout_buffer(x: torch.Tensor, tokens: torch.Tensor, pos: Optional[torch.Ten
     src = torch.cat([x, tokens.to(x.dtype)])
     if pos is not None and pos.dtype != x.dtype and (pos.dtype != torch.float32 or x.dtype == torch.float64):
         pos = pos.to(x.dtype)  # the op takes pos in src's dtype or fp32 (fp32 under bf16: one rounding, not two)
-    src_rows, pos_rows = layout_rows(masks)
-    return indexed_gather_add(src, src_rows, pos, pos_rows)
+    return indexed_gather_add(src, masks.pred_src_rows, pos, masks.pred_pos_rows)

@@ -1,4 +1,4 @@
-"""Attentive probe for frozen evaluation (RECIPE.md "Frozen evaluation"): a learnable query pools encoder tokens.
+"""Attentive probe for frozen evaluation (docs/recipe.md, "Frozen evaluation"): a learnable query pools encoder tokens.
 
 One learnable query token runs through `depth` cross-attention blocks (it attends to all encoder tokens; the tokens
 themselves are never updated), then a final LayerNorm and a linear classifier read it out. V-JEPA uses depth 1; deeper

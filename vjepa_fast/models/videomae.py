@@ -1,4 +1,4 @@
-"""The VideoMAE pixel-reconstruction baseline (RECIPE.md "The pixel-reconstruction baseline"), trained by the same loop.
+"""The VideoMAE pixel-reconstruction baseline (docs/recipe.md), trained by the same loop.
 
 Masks come from TubeMasker through the same collate as V-JEPA's (M = 1: ctx = visible rows, tgt = masked rows), so
 the data flow is V-JEPA's with a pixel head instead of a feature target:
@@ -23,13 +23,14 @@ from vjepa_fast.flops import videomae_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.predictor import layout_buffer
+from vjepa_fast.models.protocol import per_mask_mean_weights
 from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights
 from vjepa_fast.profiling import nvtx_range
 
 PIX_EPS = 1e-6  # VideoMAE's eps on the per-patch standard deviation
 
-# Decoder width / depth / heads per encoder size (RECIPE: 384 for ViT-B and smaller, 512 for ViT-L and larger, depth
-# 4; head dim 64 as VideoMAE's decoders). The tiny CPU model gets a tiny decoder, like its predictor.
+# Decoder width / depth / heads per encoder size (docs/recipe.md: 384 for ViT-B and smaller, 512 for ViT-L and larger,
+# depth 4; head dim 64 as VideoMAE's decoders). The tiny CPU model gets a tiny decoder, like its predictor.
 DECODER_DEFAULTS: dict[str, dict] = {
     "tiny": dict(dim=48, depth=2, num_heads=4),
     "small": dict(dim=384, depth=4, num_heads=6),
@@ -169,15 +170,24 @@ class VideoMAE(nn.Module):
         self.pix_eps = pix_eps
 
     @property
-    def loss_width(self) -> int:
-        """Values per predicted row (the tube's pixel count x channels): the trainer averages over them."""
-        return self.decoder.out_dim
+    def grid(self) -> tuple[int, int, int]:
+        return self.encoder.grid
+
+    def top_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.decoder]
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.encoder, self.decoder]
 
+    def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [], []  # no target encoder
+
+    def row_weights(self, masks: PackedMasks, target_counts: torch.Tensor, world_size: int) -> torch.Tensor:
+        """The MSE over the masked pixel values of the global batch (M = 1; a row holds the tube's out_dim values)."""
+        return per_mask_mean_weights(masks, target_counts, world_size, self.decoder.out_dim)
+
     def step_flops(self, masks: PackedMasks) -> float:
-        """Useful FLOPs of one step on this batch (DESIGN.md performance model)."""
+        """Useful FLOPs of one step on this batch (docs/architecture.md, performance model)."""
         enc, dec = self.encoder, self.decoder
         ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
         dec_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()

@@ -63,6 +63,12 @@ class Op:
         self.chosen.clear()
 
     def choose(self, key: Hashable) -> Backend:
+        if torch.compiler.is_compiling():
+            # Resolved while tracing, once per graph: touching the cache would make torch.compile guard on its
+            # contents (and recompile when an eager call fills it); the choice is noted for chosen_backends().
+            backend = self._resolve(key)
+            _note_traced_choice(self.name, backend.name)
+            return backend
         backend = self.chosen.get(key)
         if backend is None:
             backend = self.chosen[key] = self._resolve(key)
@@ -83,6 +89,18 @@ class Op:
 
 
 _OPS: dict[str, Op] = {}
+
+
+TRACED = "(traced by torch.compile)"  # the key under which chosen_backends() lists choices made while tracing
+
+
+@torch.compiler.assume_constant_result
+def _note_traced_choice(op: str, name: str) -> bool:
+    """Record a choice made while torch.compile traces (dynamo runs this once, at trace time, and guards nothing;
+    the key itself may hold symbolic sizes there, so the choice is listed under TRACED)."""
+    registered = _OPS[op]
+    registered.chosen.setdefault(TRACED, registered.backends[name])
+    return True
 
 
 def _op(name: str) -> Op:

@@ -24,15 +24,22 @@ from vjepa_fast.ops import _backend
 
 def load(name: str) -> ModuleType:
     """Import vjepa_fast.ops.<name> (a kernel module) with its kernels built in this process's mode."""
-    full = f"vjepa_fast.ops.{name}"
-    module = sys.modules.get(full)
-    if module is not None:
-        return module
-    from triton import knobs
+    _build(name)
+    return sys.modules[f"vjepa_fast.ops.{name}"]
 
-    with knobs.runtime.scope():
-        knobs.runtime.interpret = _backend.INTERPRET
-        return importlib.import_module(full)
+
+@torch.compiler.assume_constant_result
+def _build(name: str) -> bool:
+    # Under torch.compile dynamo runs this at trace time instead of tracing into triton's import machinery, so even
+    # a first call inside a fullgraph compile needs no graph break.
+    full = f"vjepa_fast.ops.{name}"
+    if full not in sys.modules:
+        from triton import knobs
+
+        with knobs.runtime.scope():
+            knobs.runtime.interpret = _backend.INTERPRET
+            importlib.import_module(full)
+    return True
 
 
 def register(name: str, impl: Callable, fake: Callable):

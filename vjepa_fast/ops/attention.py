@@ -5,8 +5,9 @@ qkv [T, 3, H, Dh] holds the S sequences back to back; cu_seqlens (int32, [S + 1]
 clips), where a plain batched SDPA call is best.
 
 Backends, fastest first on CUDA: `triton` (our kernels, vjepa_fast/ops/triton_flash_varlen.py), `flash_attn`,
-`torch_varlen`, `xformers` (each when installed), `sdpa_padded` (the CPU default), `reference`. The dense case has
-its own key, `dense_attention`, defaulting to `sdpa`. See docs/attention.md.
+`torch_varlen`, `xformers` (each when installed), `sdpa_padded` (the CPU default), `reference` (the plain
+definition). The dense case is its own op, `dense_attention`: the Triton kernel for 16-bit CUDA tensors, one batched
+SDPA call (`sdpa`) otherwise. See docs/attention.md.
 """
 from __future__ import annotations
 

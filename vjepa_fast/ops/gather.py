@@ -121,11 +121,12 @@ def _check_index_list(name: str, idx: torch.Tensor, src: torch.Tensor) -> None:
 
 
 def _validate(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Tensor],
-              pos_rows: Optional[torch.Tensor], check_range: bool) -> None:
+              pos_rows: Optional[torch.Tensor]) -> None:
     if not isinstance(src, torch.Tensor) or src.dim() != 2:
         raise ValueError(f"indexed_gather_add: src must be [S, D], got shape {tuple(getattr(src, 'shape', ()))}")
     if src.dtype not in _DTYPES + (torch.float64,):
-        raise ValueError(f"indexed_gather_add: src must be fp32/bf16/fp16 (fp64: reference only), got {src.dtype}")
+        raise ValueError(f"indexed_gather_add: src must be fp32/bf16/fp16 (fp64: the reference backend only), "
+                         f"got {src.dtype}")
     _check_index_list("src_rows", src_rows, src)
     if pos is None:
         if pos_rows is not None:
@@ -148,10 +149,13 @@ def _validate(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Ten
         if pos.requires_grad and torch.is_grad_enabled():
             raise ValueError("indexed_gather_add: pos gets no gradient (the position embedding is a fixed buffer); "
                              "pass pos.detach() or a buffer")
-    if check_range:
-        _backend.check_index_range("indexed_gather_add", "src_rows", src_rows, src.shape[0])
-        if pos is not None:
-            _backend.check_index_range("indexed_gather_add", "pos_rows", pos_rows, pos.shape[0])
+
+
+def _check_ranges(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Tensor],
+                  pos_rows: Optional[torch.Tensor]) -> None:
+    _backend.check_index_range("indexed_gather_add", "src_rows", src_rows, src.shape[0])
+    if pos is not None:
+        _backend.check_index_range("indexed_gather_add", "pos_rows", pos_rows, pos.shape[0])
 
 
 def indexed_gather_add(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[torch.Tensor],
@@ -164,7 +168,7 @@ def indexed_gather_add(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[
     many times (a mask token) gets the sum of all its copies' gradients; pos (a fixed buffer) gets none.
     check_range: check every index against its table (default: on the CPU always, on a GPU in debug mode only,
         `train.check_indices`, since it costs a host sync; unchecked, the CUDA kernel fills the output row of an
-        out-of-range index with NaN, and the C++ CPU kernel and the reference raise IndexError). Under
+        out-of-range index with NaN, and the C++ CPU kernel and the plain definition raise IndexError). Under
         torch.compile it runs as a traced assertion (_backend.check_index_range).
     unique_rows: picks the backward algorithm; both are correct for any rows and sum repeats in fp32.
         True: each destination row is written once, walking the list of rows that gathered it (no atomics; good
@@ -172,6 +176,9 @@ def indexed_gather_add(src: torch.Tensor, src_rows: torch.Tensor, pos: Optional[
     """
     if check_range is None:
         check_range = _backend.check_indices_by_default(src.device)
-    _validate(src, src_rows, pos, pos_rows, check_range)
+    _validate(src, src_rows, pos, pos_rows)
     backend = GATHER.choose((src.device.type, src.dtype))
+    # The C++ CPU kernel checks both index lists itself (the same IndexError), so a Python pass would only repeat it.
+    if check_range and (backend.name != "cpu" or torch.compiler.is_compiling()):
+        _check_ranges(src, src_rows, pos, pos_rows)
     return backend.run(src, src_rows.long(), pos, None if pos is None else pos_rows.long(), unique_rows)

@@ -37,14 +37,6 @@ def l1_target_loss_reference(z: torch.Tensor, h: torch.Tensor, rows: torch.Tenso
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-@torch.compiler.assume_constant_result
-def _ensure_built() -> bool:
-    """Import the kernel module (ops/_triton.py). Under torch.compile, dynamo runs this at trace time instead of
-    tracing into triton and torch.library, so even a first call inside a fullgraph compile needs no graph break."""
-    _triton.load("triton_l1_loss")
-    return True
-
-
 def _triton_reason(key) -> Optional[str]:
     """Why the Triton path cannot run on such inputs (None if it can): CUDA, or CPU under TRITON_INTERPRET=1."""
     device, D = key
@@ -65,7 +57,7 @@ def _not_interpreted(key) -> Optional[str]:
 
 
 def _run_triton(z, h, rows, row_weight, eps):
-    _ensure_built()
+    _triton.load("triton_l1_loss")  # builds the kernel and registers the op on first use
     return torch.ops.vjepa_fast.l1_target_loss_fwd(z, h, rows, row_weight, float(eps))[0]
 
 

@@ -1,6 +1,6 @@
 """Variable-length flash attention in Triton: forward, FlashAttention-2 backward, and their torch.library ops.
 
-Layout (docs/architecture.md, the packed layout): qkv [T, 3, H, Dh] is read with its strides straight out of the fused qkv projection;
+Layout (docs/architecture.md): qkv [T, 3, H, Dh] is read with its strides straight out of the fused qkv projection;
 cu_seqlens int32 [S + 1] gives each sequence's token range; the output is [T, H, Dh] and the backward writes dq, dk
 and dv into one [T, 3, H, Dh] gradient, so the qkv projection's backward consumes it without a concatenation.
 Attention is non-causal, within each sequence only.
@@ -417,7 +417,8 @@ def _align(*strides: int) -> int:
 
 
 def _dot_precision(dtype: torch.dtype) -> Optional[str]:
-    # fp32 inputs get true fp32 products (TF32 would be less accurate than the fp32 reference); 16-bit: the default.
+    # fp32 inputs get true fp32 products (TF32 would be less accurate than the plain definition in fp32); 16-bit:
+    # the default.
     return "ieee" if dtype == torch.float32 else None
 
 

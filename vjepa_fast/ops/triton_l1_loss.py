@@ -105,7 +105,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_loss: torch.Tensor, _grad_sgn):
     sgn, row_weight = ctx.saved_tensors
     # d(loss)/dz = w * sign(z - hn) * upstream: the [R, 1] fp32 factor promotes the product to fp32, so the only
-    # rounding is the final one to z's dtype (as in the reference). One elementwise pass, fused under compile.
+    # rounding is the final one to z's dtype (as in the plain definition). One elementwise pass, fused under compile.
     scale = row_weight.float()[:, None] * grad_loss.float()
     return (sgn * scale).to(sgn.dtype), None, None, None, None
 

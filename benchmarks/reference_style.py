@@ -1,10 +1,11 @@
-"""The V-JEPA step as the reference code runs it: the train-step benchmark's baseline and a parity check.
+"""The V-JEPA step as the original code runs it: the train-step benchmark's baseline and a parity check
+(tests/test_reference_style.py). Benchmark code, not part of the package.
 
 Same parameters as VJEPA (it wraps a VJEPA instance), different execution:
 - masks truncated to the batch minimum (pack_masks(truncate_to_batch_min=True)), so every clip of a mask
   configuration keeps the same number of tokens and batches are dense [B, L, D];
 - one full encoder pass (patch embedding included) and one predictor pass per mask configuration, as the
-  reference's multi-mask wrappers loop over masks;
+  original code's multi-mask wrappers loop over masks;
 - plain SDPA through `uniform_len` (no varlen kernel), torch.gather for the masked tokens (no gather kernel);
 - the target: LayerNorm over every token of the target encoder's output, then gather, subtract, abs, mean (no fused
   loss), averaged over the mask configurations;
@@ -43,7 +44,7 @@ def per_mask_indices(masks: PackedMasks) -> list[tuple[torch.Tensor, torch.Tenso
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, N, D], idx [B, L] -> [B, L, D] (the reference's apply_masks)."""
+    """x [B, N, D], idx [B, L] -> [B, L, D] (the original code's apply_masks)."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
@@ -58,7 +59,7 @@ def _dense_blocks(blocks, x: torch.Tensor) -> torch.Tensor:
 
 
 class ReferenceStyleVJEPA(nn.Module):
-    """forward(video, masks, row_weight) -> the reference objective; the trainer's interface, VJEPA's parameters."""
+    """forward(video, masks, row_weight) -> the original objective; the trainer's protocol, VJEPA's parameters."""
 
     def __init__(self, vjepa: nn.Module):
         super().__init__()
@@ -81,8 +82,15 @@ class ReferenceStyleVJEPA(nn.Module):
         return self.vjepa.target_encoder
 
     @property
-    def loss_width(self) -> int:
-        return self.vjepa.loss_width
+    def grid(self) -> tuple[int, int, int]:
+        return self.vjepa.grid
+
+    def top_modules(self) -> list[nn.Module]:
+        return self.vjepa.top_modules()
+
+    def row_weights(self, masks: PackedMasks, target_counts: torch.Tensor, world_size: int) -> torch.Tensor:
+        # The trainer's interface; forward does not use them (the original code averages per process).
+        return self.vjepa.row_weights(masks, target_counts, world_size)
 
     def step_flops(self, masks: PackedMasks) -> float:
         """Useful FLOPs on the (truncated) tokens it keeps, by the same model as VJEPA's."""
@@ -96,7 +104,7 @@ class ReferenceStyleVJEPA(nn.Module):
 
     @torch.no_grad()
     def ema_step(self, momentum: float) -> None:
-        """The reference's EMA: a Python loop over parameter pairs."""
+        """The original code's EMA: a Python loop over parameter pairs."""
         targets, sources = self.ema_pairs()
         ema_update_reference(targets, sources, momentum)
 
@@ -115,13 +123,13 @@ class ReferenceStyleVJEPA(nn.Module):
         x = x + pos[ctx_idx].to(x.dtype)
         t = pr.mask_tokens[m].reshape(1, 1, -1) + pos[tgt_idx]
         x = torch.cat([x, t.to(x.dtype)], dim=1)
-        x = pr.predictor_norm(_dense_blocks(pr.predictor_blocks, x))  # the reference normalises every token
+        x = pr.predictor_norm(_dense_blocks(pr.predictor_blocks, x))  # the original normalises every token
         return pr.predictor_proj(x[:, ctx_idx.shape[1]:])
 
     def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight=None) -> torch.Tensor:
-        """The reference objective: mean |z - LN(h)| per mask configuration, averaged over configurations.
+        """The original objective: mean |z - LN(h)| per mask configuration, averaged over configurations.
 
-        `row_weight` is accepted for the trainer's interface and not used: the reference averages per process.
+        `row_weight` is accepted for the trainer's protocol and not used: the original code averages per process.
         """
         if masks.batch_size != video.shape[0]:
             raise ValueError(f"reference-style step: masks are for {masks.batch_size} clips but video has "

@@ -1,0 +1,56 @@
+"""What the training loop may ask of a pretraining model: the one seam between vjepa_fast/train.py and the models.
+
+The objective lives in the model: the trainer all-reduces the batch's target counts, asks the model for the per-row
+loss weights they imply, runs forward / backward / optimizer and the EMA of the pairs the model names, and moves
+numbers. It never looks inside a model (no attribute probing). `VJEPA`, `VideoMAE` and the benchmarks'
+reference-style step implement this protocol (checked by tests/test_models.py).
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn as nn
+
+from vjepa_fast.masks import PackedMasks
+
+
+@runtime_checkable
+class PretrainModel(Protocol):
+    grid: tuple[int, int, int]
+    """The token grid (T', H', W') of a clip: the masks are drawn over it."""
+
+    def top_modules(self) -> list[nn.Module]:
+        """The parts FSDP2 shards one by one (after their blocks) and whose blocks are compiled."""
+        ...
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The parts the optimizer updates."""
+        ...
+
+    def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(targets, sources) in matching order for the EMA update; two empty lists when there is no EMA."""
+        ...
+
+    def step_flops(self, masks: PackedMasks) -> float:
+        """Useful FLOPs of one step of this process on these masks (docs/architecture.md, performance model)."""
+        ...
+
+    def row_weights(self, masks: PackedMasks, target_counts: torch.Tensor, world_size: int) -> torch.Tensor:
+        """fp32 weight per target row of `masks`, given the target rows per mask configuration summed over all
+        `world_size` processes, such that the weighted loss summed per process and averaged over processes (FSDP's
+        gradient averaging) is the global batch's objective."""
+        ...
+
+    def __call__(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor) -> torch.Tensor:
+        """The weighted loss of this process's batch (an fp32 scalar)."""
+        ...
+
+
+def per_mask_mean_weights(masks: PackedMasks, target_counts: torch.Tensor, world_size: int,
+                          width: int) -> torch.Tensor:
+    """Row weights that make sum_r w[r] * sum_d err[r, d] the mean over each mask configuration's target values of
+    the whole global batch, averaged over the configurations: w = world / (M * rows of its mask over all processes *
+    width). Computed in the counts' dtype (fp64 from the trainer), then rounded once to fp32."""
+    per_mask = world_size / (masks.num_masks * target_counts.clamp(min=1) * width)
+    return per_mask.to(torch.float32).to(masks.tgt_mask_id.device)[masks.tgt_mask_id]
