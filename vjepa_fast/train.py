@@ -33,7 +33,7 @@ from vjepa_fast.checkpoint import CheckpointError
 from vjepa_fast.config import Config, ConfigError, load_config, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
 from vjepa_fast.flops import device_peak_flops
-from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, StopRequest
+from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, CollectiveError, StopRequest, as_collective_error
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
@@ -242,11 +242,18 @@ class Trainer:
         decision = hold.open(self.cfg.train.resume)
         self.stop = StopRequest(self.di.control_group)
         clean = False
+        self.phase = "start-up"
         try:
             rows = self._run(decision)
+            self.phase = "the last checkpoint write"
             self.checkpointer.wait()
             clean = True
             return rows
+        except RuntimeError as e:  # a dead or stalled peer: one line naming this rank and what it was doing
+            one_line = as_collective_error(e, self.di.rank, self.phase, self.cfg.parallel.timeout_s)
+            if one_line is None or isinstance(e, (CheckpointError, RunDirError, NonFiniteLossError, DataErrorLimit)):
+                raise
+            raise one_line from e
         finally:
             self.stop.close(clean)
             hold.close()
@@ -257,6 +264,7 @@ class Trainer:
         if di.is_main:  # only now, under the lock: a refused launch never touches a running run's files
             save_config(cfg, run_dir / "config.yaml")
             self.config_yaml = (run_dir / "config.yaml").read_text()
+        self.phase = "resuming"
         self.resume(decision)
         if self.start_step >= t.steps:
             if di.is_main:
@@ -283,6 +291,7 @@ class Trainer:
                 if di.is_main:
                     for err in batch.errors:
                         log.warning("data error (skipped): %s", err)
+                self.phase = f"step {step}"
                 out = self.train_step(batch, step)
                 if out is not None:
                     window_clips += out["clips"]
@@ -301,6 +310,7 @@ class Trainer:
                 stop = self.stop.agreed()
                 due = (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps or stop
                 if due or save_pending:
+                    self.phase = f"the checkpoint save before step {step + 1}"
                     save_pending = not self.save(step + 1)
                 self.checkpointer.poll()
                 profiler.step()
@@ -351,7 +361,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if trainer.preempted:
             return REQUEUE_EXIT_CODE
     except (NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError, FileNotFoundError,
-            RunDirError, CheckpointError, ConfigError) as e:
+            RunDirError, CheckpointError, ConfigError, CollectiveError) as e:
         # From a loader worker the message carries the worker's traceback; its last line is the error itself.
         print(f"error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
