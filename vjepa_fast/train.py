@@ -317,8 +317,9 @@ class Trainer:
                 if stop:
                     self.preempted = True
                     if di.is_main:
-                        log.warning("stopped by %s after step %d (saved); exiting with code %d for a requeue",
-                                    self.stop.signal_name or "a signal on another rank", step, REQUEUE_EXIT_CODE)
+                        log.warning("stopped by %s after step %d (%s); exiting with code %d for a requeue",
+                                    self.stop.signal_name or "a signal on another rank", step,
+                                    "not saved: non-finite streak" if save_pending else "saved", REQUEUE_EXIT_CODE)
                     break
         finally:
             profiler.__exit__(None, None, None)
