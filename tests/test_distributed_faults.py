@@ -128,6 +128,32 @@ def test_killing_the_launcher_stops_its_workers(tmp_path, subprocess_env):
     assert ckpt.list_checkpoints(tmp_path), os.listdir(tmp_path)
 
 
+def test_a_stalled_rank_makes_the_others_stop_within_the_timeout_with_one_line(tmp_path, subprocess_env):
+    extra = [s for s in RUN if not s.startswith("train.steps")] + ["train.steps=100000", "parallel.timeout_s=5"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        agent = subprocess.Popen(torchrun_cmd(2, tmp_path / "run", extra), env=subprocess_env,
+                                 stdout=subprocess.DEVNULL, stderr=err)
+    workers = []
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        wait_for(lambda: (metrics.is_file() and metrics.stat().st_size > 0) or agent.poll() is not None, 300,
+                 "the first logged step")
+        workers = children(agent.pid)
+        by_rank = {rank_of(p): p for p in workers}
+        os.kill(by_rank[1], signal.SIGSTOP)  # stalled, not dead: only the timeout can notice
+        wait_for(lambda: not alive(by_rank[0]), 120, "rank 0 to give up")
+    finally:
+        for p in workers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+        agent.kill()
+        agent.wait()
+    lines = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0: a collective failed during step "), lines
+    assert "parallel.timeout_s=5" in lines[0]
+
+
 def test_hsdp_2x2_matches_data_parallel_and_its_checkpoint_resumes_in_2_and_1(tmp_path, subprocess_env):
     common = [s for s in SMALL if not s.startswith(("train.steps", "train.batch_size"))] + ["train.steps=6"]
     one = torchrun(1, tmp_path / "one", common + ["train.batch_size=4"], subprocess_env)

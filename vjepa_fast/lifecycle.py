@@ -101,3 +101,22 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed (a peer died, stalled past parallel.timeout_s, or lost its connection); one line."""
+
+
+_COLLECTIVE_SIGNS = ("gloo", "NCCL", "nccl", "Connection closed by peer", "Connection reset by peer", "Timed out")
+
+
+def as_collective_error(e: BaseException, rank: int, phase: str, timeout_s: float) -> Optional[CollectiveError]:
+    """The one-line form of a failed collective, or None when `e` is something else."""
+    text = str(e).strip()
+    if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(s in text for s in
+                                                                                   _COLLECTIVE_SIGNS))):
+        return None
+    first = text.splitlines()[0] if text else type(e).__name__
+    first = first.split("] ", 1)[-1]  # drop the "[/path/to/file.cc:129]" prefix of backend messages
+    return CollectiveError(f"rank {rank}: a collective failed during {phase} ({first}); another rank died, stalled "
+                           f"for more than parallel.timeout_s={timeout_s:g} s or lost its connection")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -147,6 +146,3 @@ class RunDir:
     def close(self) -> None:
         self.lock.release()
 
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

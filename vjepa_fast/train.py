@@ -33,7 +33,7 @@ from vjepa_fast.checkpoint import CheckpointError
 from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, make_loader
 from vjepa_fast.flops import device_peak_flops
-from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, StopRequest
+from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, CollectiveError, StopRequest, as_collective_error
 from vjepa_fast.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.models.protocol import PretrainModel
@@ -61,7 +61,7 @@ class DataErrorLimit(RuntimeError):
 
 # Failures a user causes and can fix: main() prints their one line (no traceback unless --debug).
 USER_ERRORS = (preflight.RunError, NonFiniteLossError, DataErrorLimit, DataLoadError, CheckpointFormatError,
-               FileNotFoundError, RunDirError, CheckpointError, ConfigError)
+               FileNotFoundError, RunDirError, CheckpointError, ConfigError, CollectiveError)
 
 
 def param_groups(modules, weight_decay: float) -> list[dict]:
@@ -248,11 +248,19 @@ class Trainer:
         decision = hold.open(self.cfg.train.resume, precheck)
         self.stop = StopRequest(self.di.control_group)
         clean = False
+        self.phase = "start-up"
         try:
             rows = self._run(decision, dataset, notes)
+            self.phase = "the last checkpoint write"
             self.checkpointer.wait()
             clean = True
             return rows
+        except RuntimeError as e:  # a dead or stalled peer: one line naming this rank and what it was doing
+            one_line = as_collective_error(e, self.di.rank, self.phase, self.cfg.parallel.timeout_s)
+            if one_line is None or isinstance(e, (CheckpointError, RunDirError, NonFiniteLossError, DataErrorLimit,
+                                                    preflight.RunError)):
+                raise
+            raise one_line from e
         finally:
             self.stop.close(clean)
             hold.close()
@@ -262,6 +270,7 @@ class Trainer:
         run_dir = Path(cfg.run_dir)
         # config.yaml is written only once the resume succeeded, so a failed start leaves an existing run as it was.
         try:
+            self.phase = "resuming"
             self.resume(decision)
         except (preflight.RunError, CheckpointError):
             raise
@@ -301,6 +310,7 @@ class Trainer:
                 step = batch.step
                 if tb is not None and step == self.start_step:
                     tb.masks(batch, self.encoder.grid, cfg)
+                self.phase = f"step {step}"
                 out = self.train_step(batch, step)
                 if out is not None:
                     window_clips += out["clips"]
@@ -321,14 +331,16 @@ class Trainer:
                 stop = self.stop.agreed()
                 due = (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps or stop
                 if due or save_pending:
+                    self.phase = f"the checkpoint save before step {step + 1}"
                     save_pending = not self.save_logged(step + 1, runlog)
                 self.checkpointer.poll()
                 profiler.step()
                 if stop:
                     self.preempted = True
                     if di.is_main:
-                        log.warning("stopped by %s after step %d (saved); exiting with code %d for a requeue",
-                                    self.stop.signal_name or "a signal on another rank", step, REQUEUE_EXIT_CODE)
+                        log.warning("stopped by %s after step %d (%s); exiting with code %d for a requeue",
+                                    self.stop.signal_name or "a signal on another rank", step,
+                                    "not saved: non-finite streak" if save_pending else "saved", REQUEUE_EXIT_CODE)
                     break
         finally:
             profiler.__exit__(None, None, None)
