@@ -11,13 +11,15 @@
 # default 500), so one hang cannot eat the rest and what matters most runs first:
 #   install (the C++/CUDA extension, offline; in the background while the Triton-only phases run)
 #   -> nvidia-smi -> rooflines -> step anatomy (benchmarks/step_anatomy.py, "before") -> tune the attention block
-#   sizes (benchmarks/tune_attention.py; every later phase runs with that table) -> attention benchmark -> GPU tests -> compiled attention tests -> train-step benchmark
+#   sizes (benchmarks/tune_attention.py; every later phase runs with that table) -> attention benchmark
+#   -> GPU tests -> compiled attention tests -> train-step benchmark
 #   -> a short real training run (torchrun, the default config) -> the other kernel benchmarks
 #   -> the step anatomy again ("after") -> merge into bench.json and render summary.md.
 # GPU_CHECK_PHASES="gpu_tests bench_attention ..." runs only the named phases (install always runs when a later phase
 # needs the extension); GPU_CHECK_BENCH_K adds a pytest -k filter to the attention benchmark.
 # $OUT ends up with a handful of files (summary.md, phases.txt, bench.json, flash_varlen_tuned.json, roofline.json,
-# anatomy_{before,after}.{json,md}, gpu_tests.xml, details.tar.gz with every log and raw benchmark file), small enough to copy back from a lent machine.
+# anatomy_{before,after}.{json,md}, gpu_tests.xml, details.tar.gz with every log and raw benchmark file), small
+# enough to copy back from a lent machine.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -54,4 +54,5 @@ def test_phase_work_adds_up_to_the_step_flops(tmp_path):
     work = _anatomy().phase_work(trainer, batch)
     fwd = sum(work[k]["flops"] for k in ("target", "context", "predictor", "backward"))
     assert abs(fwd - trainer.step_flops(batch)) <= 1e-9 * fwd
-    assert work["backward"]["flops"] == work["backward: predictor"]["flops"] + work["backward: context encoder"]["flops"]
+    split = work["backward: predictor"]["flops"] + work["backward: context encoder"]["flops"]
+    assert work["backward"]["flops"] == split
