@@ -95,6 +95,7 @@ class TrainConfig:
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3
+    float8: bool = False  # float8 matmuls in the transformer linears (torchao, vjepa_fast/float8.py)
 
 
 @dataclass
@@ -288,6 +289,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name}: must be >= 1")
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision: must be one of {PRECISIONS}, got {t.precision!r}")
+    if t.float8:
+        from vjepa_fast.float8 import unavailable_reason
+
+        if (why := unavailable_reason()) is not None:
+            raise ConfigError(f"train.float8: {why}")
     if o.warmup_steps < 0:
         raise ConfigError("optim.warmup_steps: must be >= 0")
     if not (0.0 <= o.ema_start <= 1.0 and 0.0 <= o.ema_end <= 1.0):

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from vjepa_fast import checkpoint, ops
+from vjepa_fast import checkpoint, float8, ops
 from vjepa_fast.config import Config, ConfigError, load_config, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
 from vjepa_fast.data.prefetch import prefetch_to_device
@@ -102,6 +102,8 @@ class Trainer:
                          else contextlib.nullcontext())
         tops = [m for m in (getattr(self.model, n, None) for n in ("encoder", "predictor", "target_encoder",
                                                                    "decoder")) if m is not None]
+        if t.float8:  # before compile and FSDP2, the order torchao composes in
+            float8.convert(self.model, sharded=di.world_size > 1, emulate=self.device.type != "cuda")
         parallelize(self.model, tops, world_size=di.world_size, compile=t.compile,
                     activation_checkpointing=t.activation_checkpointing, compile_backend=t.compile_backend)
         self.groups = param_groups(self.model.trainable_modules(), cfg.optim.weight_decay)
