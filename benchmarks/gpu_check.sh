@@ -162,6 +162,9 @@ bench train_step_compiled 180 benchmarks/test_bench_train_step.py -k "compiled o
 bench data 40 benchmarks/test_bench_data.py
 # the same anatomy again, now with the extension and the block sizes tuned above
 run_phase anatomy_after 150 "$PY" benchmarks/step_anatomy.py --tag after "${ANATOMY_ARGS[@]}"
+# the dense target pass through SDPA's cuDNN kernel instead (measured faster alone; not yet in the step)
+VJEPA_FAST_DENSE_ATTENTION_BACKEND=sdpa_cudnn run_phase anatomy_dense_cudnn 150 "$PY" benchmarks/step_anatomy.py \
+  --tag dense_cudnn "${ANATOMY_ARGS[@]}"
 
 # ---- merge, render, pack -----------------------------------------------------------------------------------------
 shopt -s nullglob
@@ -181,7 +184,7 @@ fi
   echo "Versions: $(cat "$LOGS/versions.log")"
   echo
   echo "Extension: $(tail -n 1 "$LOGS/extension.log" 2>/dev/null)"
-  for tag in before after; do
+  for tag in before after dense_cudnn; do
     if [ -f "$OUT/anatomy_$tag.md" ]; then echo; echo "## Step anatomy ($tag)"; echo; sed 1d "$OUT/anatomy_$tag.md"; fi
   done
   if [ -f "$LOGS/tune_attention.log" ]; then

@@ -43,7 +43,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from vjepa_fast import profiling  # noqa: E402
+from vjepa_fast import ops, profiling  # noqa: E402
 from vjepa_fast.config import ConfigError, load_config  # noqa: E402
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader  # noqa: E402
 from vjepa_fast.flops import encoder_flops  # noqa: E402
@@ -254,7 +254,8 @@ def build_rows(measured: dict, work: dict, roofline: dict) -> list[dict]:
 
 def render(result: dict) -> str:
     lines = [f"# Step anatomy: {result['description']}", "",
-             f"- device: {result['device']}; {result['steps']} timed steps after {result['warmup']} warm-up",
+             f"- device: {result['device']}; {result['steps']} timed steps after {result['warmup']} warm-up; "
+             f"dense attention backend: {result['dense_attention']}",
              f"- step: {result['step_ms']:.2f} ms; rows are phases on the device's timeline and add up to it"]
     if result.get("gpu_busy_ms") is not None:
         lines.append(f"- GPU busy {result['gpu_busy_ms']:.2f} ms per step (kernels, copies; torch.profiler pass), "
@@ -285,8 +286,13 @@ def run(config: Optional[str], overrides: list[str], steps: int, warmup: int) ->
         loader = make_loader(build_dataset(cfg.data, t.seed), collate, t.batch_size, 0, 1, 0, NUM_BATCHES, t.seed,
                              0, pin_memory=device.type == "cuda")
         batches = list(loader)
-        measured = measure(trainer, batches, steps, warmup, device)
-        work = phase_work(trainer, batches[0])
+        try:
+            measured = measure(trainer, batches, steps, warmup, device)
+            work = phase_work(trainer, batches[0])
+            dense = ops._backend.forced_backend("dense_attention") or "auto"
+        finally:
+            for op in cfg.backends:  # set_backend is process-wide: leave the process as it was
+                ops.set_backend(op, None)
     roofline = _load_roofline(device)
     step_s, busy = measured["step_s"], measured["gpu_busy_s"]
     return {
@@ -294,6 +300,8 @@ def run(config: Optional[str], overrides: list[str], steps: int, warmup: int) ->
                        f"{cfg.data.num_frames}x{cfg.data.crop_size}, compile={t.compile}, "
                        f"truncate_to_batch_min={cfg.masks.truncate_to_batch_min}",
         "config": config, "overrides": overrides, "device": roofline.get("device", str(device)),
+        # the dense target pass's attention: forced (config backends / VJEPA_FAST_DENSE_ATTENTION_BACKEND) or auto
+        "dense_attention": dense,
         "steps": measured["steps"], "warmup": warmup, "step_ms": step_s * 1e3,
         "gpu_busy_ms": None if busy is None else busy * 1e3,
         "gpu_idle_ms": None if busy is None else max(step_s - busy, 0.0) * 1e3,

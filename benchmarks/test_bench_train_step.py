@@ -168,6 +168,7 @@ def _record(benchmark, runner: StepRunner, variant: str, roofline: dict) -> None
         "clip": f"{cfg.data.num_frames}x{cfg.data.crop_size}",
         "precision": "bf16" if CUDA and cfg.train.precision in ("auto", "bf16") else "fp32",
         "compile": cfg.train.compile, "gflop_per_step": round(runner.flops / 1e9, 2),
+        "dense_attention": ops._backend.forced_backend("dense_attention") or "auto",
     }
     if variant == "vjepa_reference_style":
         info["baseline"] = True

@@ -253,6 +253,24 @@ def test_dense_path(dense):
     _assert_rule("dqkv", dqkv, same_d, truth_d)
 
 
+def test_dense_sdpa_cudnn_is_forced_only():
+    """SDPA's cuDNN kernel for the dense pass: never the automatic choice; forced on the CPU, the reason; on a GPU
+    (16-bit) the same answer as plain SDPA."""
+    qkv = torch.randn(80, 3, 2, 64, device=DEVICE, dtype=torch.float16 if DEVICE == "cuda" else torch.float32)
+    cu = torch.tensor([0, 40, 80], dtype=torch.int32, device=DEVICE)
+    assert A._choose(A.DENSE_OP, A._DENSE, qkv) != "sdpa_cudnn"
+    _backend.set_backend(A.DENSE_OP, "sdpa_cudnn")
+    try:
+        if DEVICE == "cpu":
+            with pytest.raises(RuntimeError, match="sdpa_cudnn.*needs a CUDA tensor"):
+                A.varlen_attention(qkv, cu, 40, uniform_len=40)
+            return
+        got = A.varlen_attention(qkv, cu, 40, uniform_len=40)
+    finally:
+        _backend.set_backend(A.DENSE_OP, None)
+    torch.testing.assert_close(got, A._dense_sdpa(qkv, 40), rtol=2e-3, atol=2e-3)
+
+
 # ---------------------------------------------------------------------------------------------- dispatch, errors
 
 

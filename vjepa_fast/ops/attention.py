@@ -265,6 +265,14 @@ def _run_dense_sdpa(qkv, cu_seqlens, max_seqlen, deterministic):
     return _dense_sdpa(qkv, max_seqlen)
 
 
+def _run_dense_sdpa_cudnn(qkv, cu_seqlens, max_seqlen, deterministic):
+    # SDPA restricted to its cuDNN kernel, which plain SDPA ranks last (forward only in training: the target pass)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return _dense_sdpa(qkv, max_seqlen)
+
+
 # name -> (check, runner), fastest first on CUDA.
 _VARLEN = {
     "triton": (_triton_reason, _run_triton),
@@ -281,7 +289,8 @@ _VARLEN = {
 # forward-only pass takes 0.76 ms in the Triton kernel vs 0.90 ms in SDPA's default (flash) kernel; SDPA's cuDNN
 # kernel (0.67 ms) is faster still but is not what plain SDPA picks.
 _DENSE = {"triton": _VARLEN["triton"], "sdpa": (_always, _run_dense_sdpa),
-          **{k: v for k, v in _VARLEN.items() if k != "triton"}}
+          **{k: v for k, v in _VARLEN.items() if k != "triton"},
+          "sdpa_cudnn": (_cuda_16bit_reason, _run_dense_sdpa_cudnn)}  # forced only, until measured in training
 BACKENDS = tuple(_VARLEN)
 DENSE_BACKENDS = tuple(_DENSE)
 
