@@ -72,11 +72,70 @@ def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_sc
     return acc, l_i, m_new
 
 
+# exp2 on the FMA units (docs/attention.md, "Small head dims"): 2^x = 2^floor(x) * 2^f, f in [0, 1), with 2^f a
+# polynomial fitted for relative error on [0, 1] (degree 3: < 7.5e-5, below bf16/fp16 rounding of P; degree 6:
+# < 1.9e-9, below fp32 rounding) and 2^floor(x) added straight into the exponent bits. x <= 0 here (scores minus the
+# running max); it is clamped at -126 so the exponent stays normal (2^-126 where exp2 would give a smaller number or
+# 0: far below one ulp of the row sum, which is >= 1).
+@triton.jit
+def _exp2_fma(x, DEGREE: tl.constexpr):
+    x = tl.maximum(x, -126.0)
+    j = tl.floor(x)
+    f = x - j
+    if DEGREE == 3:
+        p = 0.07802403102606865 * f + 0.2260670727303973
+        p = p * f + 0.6958339921071426
+        p = p * f + 0.9999251255464437
+    else:
+        p = 0.00021702226816381042 * f + 0.0012439693799118543
+        p = p * f + 0.00967884064782186
+        p = p * f + 0.055483341972236054
+        p = p * f + 0.24022983633404338
+        p = p * f + 0.693146983827712
+        p = p * f + 1.0000000018563406
+    bits = p.to(tl.int32, bitcast=True) + (j.to(tl.int32) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _fwd_block_split(acc, l_i, m_i, q, k_base, v_base, start, n0, s_qt, s_qd, qk_scale,
+                     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                     EXP2_POLY: tl.constexpr):
+    """A whole key block (no key mask) as two halves: the first half's exponentials on the special-function units
+    (exp2), the second's on the FMA units (_exp2_fma of degree EXP2_POLY), so both pipes share the softmax."""
+    offs_d = tl.arange(0, BLOCK_D)
+    off_a = (start + n0 + tl.arange(0, BLOCK_N // 2))[:, None] * s_qt + offs_d[None, :] * s_qd
+    off_b = off_a + (BLOCK_N // 2) * s_qt
+    if HEAD_DIM == BLOCK_D:
+        k_a = tl.load(k_base + off_a)
+        k_b = tl.load(k_base + off_b)
+        v_a = tl.load(v_base + off_a)
+        v_b = tl.load(v_base + off_b)
+    else:
+        d_mask = (offs_d < HEAD_DIM)[None, :]
+        k_a = tl.load(k_base + off_a, mask=d_mask, other=0.0)
+        k_b = tl.load(k_base + off_b, mask=d_mask, other=0.0)
+        v_a = tl.load(v_base + off_a, mask=d_mask, other=0.0)
+        v_b = tl.load(v_base + off_b, mask=d_mask, other=0.0)
+    s_a = tl.dot(q, tl.trans(k_a), input_precision=DOT_PREC)
+    s_b = tl.dot(q, tl.trans(k_b), input_precision=DOT_PREC)
+    m_new = tl.maximum(m_i, tl.maximum(tl.max(s_a, 1), tl.max(s_b, 1)) * qk_scale)
+    alpha = tl.exp2(m_i - m_new)
+    p_a = tl.exp2(s_a * qk_scale - m_new[:, None])
+    p_b = _exp2_fma(s_b * qk_scale - m_new[:, None], EXP2_POLY)
+    l_i = l_i * alpha + tl.sum(p_a, 1) + tl.sum(p_b, 1)
+    acc = acc * alpha[:, None] + tl.dot(p_a.to(v_a.dtype), v_a, input_precision=DOT_PREC)
+    acc = acc + tl.dot(p_b.to(v_b.dtype), v_b, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
 @triton.jit
 def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
                 s_qt, s_q3, s_qh, s_qd, s_ot, s_oh, s_od,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
+                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, EXP2_POLY: tl.constexpr = 0):
+    # EXP2_POLY (0: off, the default until measured; 3 or 6: the polynomial's degree) moves half of each whole key
+    # block's exponentials to the FMA units (_fwd_block_split); the tail block always uses exp2.
     # Row and head strides arrive divided by ALIGN (see _align()); multiplying by the constant here tells the
     # compiler they are multiples of it, so 16-byte vector loads survive head dims like 24.
     s_qt = s_qt * ALIGN
@@ -112,8 +171,12 @@ def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         # The first key block always holds key 0, so m is finite after it (whole or tail).
         for n0 in range(0, n_full, BLOCK_N):
-            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
-                                       BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, False)
+            if EXP2_POLY > 0:
+                acc, l_i, m_i = _fwd_block_split(acc, l_i, m_i, q, k_base, v_base, start, n0, s_qt, s_qd,
+                                                 qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, EXP2_POLY)
+            else:
+                acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
+                                           BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, False)
         if n_full < L:
             acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n_full, L, s_qt, s_qd, qk_scale,
                                        BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, True)
@@ -293,8 +356,10 @@ def _valid_entry(kernel: str, cfg) -> bool:
         return False
     keys = ("BLOCK_M",) if kernel == "delta" else ("BLOCK_M", "BLOCK_N")
     pow2 = all(isinstance(cfg.get(k), int) and cfg[k] >= 16 and cfg[k] & (cfg[k] - 1) == 0 for k in keys)
+    options = {"EXP2_POLY"} if kernel == "fwd" else set()  # kernel switches a table may set (0/1)
     return (pow2 and cfg.get("num_warps", 4) in (1, 2, 4, 8, 16) and isinstance(cfg.get("num_stages", 2), int)
-            and 1 <= cfg.get("num_stages", 2) <= 8 and set(cfg) <= {*keys, "num_warps", "num_stages"})
+            and 1 <= cfg.get("num_stages", 2) <= 8 and cfg.get("EXP2_POLY", 0) in (0, 1)
+            and set(cfg) <= {*keys, "num_warps", "num_stages", *options})
 
 
 def _tuned_config(kernel: str, block_d: int, arch: str) -> Optional[dict]:
@@ -448,6 +513,14 @@ def _align(*strides: int) -> int:
     return a
 
 
+def _poly_degree(switch: int, block_n: int, dtype: torch.dtype) -> int:
+    """The forward's EXP2_POLY switch (a table's 0/1) as the polynomial degree the kernel takes: 0 (off), 3 for
+    16-bit inputs (P is rounded to 16 bits anyway), 6 for fp32. Halves of a key block must stay >= 16 wide."""
+    if not switch or block_n < 32:
+        return 0
+    return 6 if dtype == torch.float32 else 3
+
+
 def _dot_precision(dtype: torch.dtype) -> Optional[str]:
     # fp32 inputs get true fp32 products (TF32 would be less accurate than the fp32 reference); 16-bit: the default.
     return "ieee" if dtype == torch.float32 else None
@@ -464,6 +537,7 @@ def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
         return out, lse
     bd = _block_d(Dh)
     cfg = _config("fwd", bd, qkv.dtype, qkv.device)
+    cfg["EXP2_POLY"] = _poly_degree(cfg.get("EXP2_POLY", 0), cfg["BLOCK_N"], qkv.dtype)
     grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
     a = _align(*qkv.stride()[:3], *out.stride()[:2])
     _launch(_fwd_kernel, grid, qkv, out, lse, cu_seqlens, T, H, softmax_scale * LOG2E,
