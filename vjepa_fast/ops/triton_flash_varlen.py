@@ -40,6 +40,16 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _load_rows(base, off, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows wholly inside the sequence: no row mask, and no head-dim mask when the head dim is a power of two."""
+    if HEAD_DIM == BLOCK_D:
+        x = tl.load(base + off)
+    else:
+        x = tl.load(base + off, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    return x
+
+
+@triton.jit
 def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                MASK_N: tl.constexpr):
@@ -53,13 +63,9 @@ def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_sc
         kv_mask = n_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
         k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
-    elif HEAD_DIM == BLOCK_D:
-        k = tl.load(k_base + kv_off)
-        v = tl.load(v_base + kv_off)
     else:
-        d_mask = (offs_d < HEAD_DIM)[None, :]
-        k = tl.load(k_base + kv_off, mask=d_mask, other=0.0)
-        v = tl.load(v_base + kv_off, mask=d_mask, other=0.0)
+        k = _load_rows(k_base, kv_off, offs_d, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_base, kv_off, offs_d, HEAD_DIM, BLOCK_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     if MASK_N:
         s = tl.where(n_ok[None, :], s, float("-inf"))
@@ -106,17 +112,10 @@ def _fwd_block_split(acc, l_i, m_i, q, k_base, v_base, start, n0, s_qt, s_qd, qk
     offs_d = tl.arange(0, BLOCK_D)
     off_a = (start + n0 + tl.arange(0, BLOCK_N // 2))[:, None] * s_qt + offs_d[None, :] * s_qd
     off_b = off_a + (BLOCK_N // 2) * s_qt
-    if HEAD_DIM == BLOCK_D:
-        k_a = tl.load(k_base + off_a)
-        k_b = tl.load(k_base + off_b)
-        v_a = tl.load(v_base + off_a)
-        v_b = tl.load(v_base + off_b)
-    else:
-        d_mask = (offs_d < HEAD_DIM)[None, :]
-        k_a = tl.load(k_base + off_a, mask=d_mask, other=0.0)
-        k_b = tl.load(k_base + off_b, mask=d_mask, other=0.0)
-        v_a = tl.load(v_base + off_a, mask=d_mask, other=0.0)
-        v_b = tl.load(v_base + off_b, mask=d_mask, other=0.0)
+    k_a = _load_rows(k_base, off_a, offs_d, HEAD_DIM, BLOCK_D)
+    k_b = _load_rows(k_base, off_b, offs_d, HEAD_DIM, BLOCK_D)
+    v_a = _load_rows(v_base, off_a, offs_d, HEAD_DIM, BLOCK_D)
+    v_b = _load_rows(v_base, off_b, offs_d, HEAD_DIM, BLOCK_D)
     s_a = tl.dot(q, tl.trans(k_a), input_precision=DOT_PREC)
     s_b = tl.dot(q, tl.trans(k_b), input_precision=DOT_PREC)
     m_new = tl.maximum(m_i, tl.maximum(tl.max(s_a, 1), tl.max(s_b, 1)) * qk_scale)
