@@ -65,6 +65,51 @@ def test_masked_optimizer_step_is_bit_identical_to_no_step(fused, bad_step):
     assert not hasattr(opt_g, "found_inf")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_masked_step_on_cuda_is_bit_identical_and_never_syncs():
+    """CUDA fused AdamW + the masked EMA: a NaN step changes nothing, and the guard never waits for the GPU."""
+    model, opt = _model_and_optimizer(True, seed=4)
+    model.cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05, fused=True)
+    target = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = _state(model, opt) + [t.clone() for t in target]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+        ok = finite_flag(torch.ones((), device="cuda"), norm)
+        guarded_optimizer_step(opt, ok)
+        guarded_ema_(target, list(model.parameters()), 0.99, ok)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    after = _state(model, opt) + target
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_step_on_cuda_never_syncs(tmp_path):
+    """Between log steps the whole step (forward, backward, guard, AdamW, EMA) runs without a host sync."""
+    cfg = load_config(None, [f"run_dir={tmp_path}", *SMALL, "train.log_every=100", "train.ckpt_every=100"])
+    trainer = train.Trainer(cfg, DistInfo(0, 1, 0, torch.device("cuda")))
+    batches = [b.pin_memory() for b in _batches(trainer, 3)]
+    trainer.train_step(batches[0], 0)  # first use: kernel builds, lazy state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for b in batches[1:]:
+            out = trainer.train_step(b, b.step)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert bool(out["finite"]) and len(trainer.unread) == 3
+
+
 def test_finite_flag():
     assert bool(finite_flag(torch.tensor(1.0), torch.tensor(2.0)))
     assert not bool(finite_flag(torch.tensor(float("nan")), torch.tensor(2.0)))

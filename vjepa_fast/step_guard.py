@@ -68,9 +68,8 @@ def guarded_ema_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor
         return
     if not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"guarded_ema_: momentum must be in [0, 1], got {momentum}")
-    device = targets[0].device
-    weight = torch.where(ok.to(device), torch.tensor(1.0 - momentum, device=device),
-                         torch.zeros((), device=device))
+    # (1 - m) where ok, else 0, computed on the device: a CPU-made tensor would be a synchronising copy
+    weight = ok.to(targets[0].device, torch.float32) * (1.0 - momentum)
     by_dtype: dict[torch.dtype, tuple[list, list]] = {}
     for t, s in zip(targets, sources, strict=True):
         ts, ss = by_dtype.setdefault(t.dtype, ([], []))
