@@ -106,9 +106,9 @@ def compile_one(kernel: str, head_dim: int, cfg: dict, dtype: str = "bf16", cc: 
     cfg = dict(cfg)
     opts = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 3)}
     cfg.pop("MAX_PROGRAMS", None)
-    if kernel == "fwd":  # the table's 0/1 switch becomes the polynomial's degree, as _forward passes it
-        cfg["EXP2_POLY"] = tfv._poly_degree(cfg.get("EXP2_POLY", 0), cfg["BLOCK_N"], getattr(torch, {
-            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]))
+    if kernel == "fwd":  # the table's switch becomes the kernel's constexprs, as _forward passes them
+        cfg.update(tfv._poly_switch(cfg.get("EXP2_POLY", 0), cfg["BLOCK_N"], getattr(torch, {
+            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype])))
     sig, attrs, const, align = _signature(fn, dtype, head_dim, 16, kernel == "delta", float_type)
     const.update(HEAD_DIM=head_dim, BLOCK_D=tfv._block_d(head_dim), **cfg)
     if kernel != "delta":
@@ -176,9 +176,11 @@ def main() -> int:
         return 2
     rows, bad = [], 0
     todo = [(k, hd, c, True) for k, hd, c in shipped_configs()]
-    n_shipped = len(todo) + 2  # with the deterministic variant and the forward's FMA-exp2 switch below
+    n_shipped = len(todo) + 3  # with the deterministic variant and the forward's FMA-exp2 switches below
     todo.append(("dkdv", 64, tfv._gpu_config("dkdv", 64, torch.bfloat16), False))  # the deterministic variant
-    todo.append(("fwd", 24, {**tfv._gpu_config("fwd", 32, torch.bfloat16), "BLOCK_N": 64, "EXP2_POLY": 1}, True))
+    for switch, warps in ((1, 4), (2, 8)):  # the forward's FMA-exp2 switch: a half, a quarter of each key block
+        todo.append(("fwd", 24, {**tfv._gpu_config("fwd", 32, torch.bfloat16), "BLOCK_N": 64, "num_warps": warps,
+                                 "EXP2_POLY": switch}, True))
     if not args.only_table:
         todo += [(k, hd, c, True) for k, per_hd in CANDIDATES.items() for hd, cfgs in per_hd.items() for c in cfgs
                  if args.kernel in (None, k) and args.head_dim in (None, hd)]

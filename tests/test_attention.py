@@ -173,13 +173,15 @@ def test_small_blocks_full_grid(triton_backend, deterministic):
     _assert_rule("dqkv", dqkv, same_d, truth_d)
 
 
-@pytest.mark.parametrize("Dh", [24, 32, 48, 64])
+@pytest.mark.parametrize("Dh,switch", [(24, 1), (32, 1), (48, 1), (64, 1), (24, 2), (64, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fma_exp2_forward_matches_fp64(triton_backend, Dh, dtype):
-    """EXP2_POLY: half of each whole key block's exponentials as a polynomial on the FMA units (degree 3 for fp16,
-    6 for fp32), ragged lengths with an empty sequence and tails; gradients through the saved logsumexp too."""
+def test_fma_exp2_forward_matches_fp64(triton_backend, Dh, switch, dtype):
+    """EXP2_POLY: half (switch 1) or a quarter (2) of each whole key block's exponentials as a polynomial on the
+    FMA units (degree 3 for fp16, 6 for fp32), ragged lengths with an empty sequence and tails; gradients through
+    the saved logsumexp too."""
     qkv, cu, max_len, dout = _batch([1, 70, 0, 64, 33, 100], 2, Dh, dtype, seed=40 + Dh)
-    fwd = {"BLOCK_M": 32, "BLOCK_N": 32 if Dh > 32 else 64, "EXP2_POLY": 1, "MAX_PROGRAMS": 1}
+    block_n = 64 if Dh <= 32 or switch == 2 else 32  # parts of 16 keys or more
+    fwd = {"BLOCK_M": 32, "BLOCK_N": block_n, "EXP2_POLY": switch, "MAX_PROGRAMS": 1}
     with _kernels().block_sizes(fwd=fwd):
         out, dqkv = _run_triton(qkv, cu, max_len, dout, deterministic=True)
     truth_out, truth_d = _ref(qkv, cu, dout)
