@@ -106,6 +106,9 @@ def compile_one(kernel: str, head_dim: int, cfg: dict, dtype: str = "bf16", cc: 
     cfg = dict(cfg)
     opts = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 3)}
     cfg.pop("MAX_PROGRAMS", None)
+    if kernel == "fwd":  # the table's switch becomes the kernel's constexprs, as _forward passes them
+        cfg.update(tfv._poly_switch(cfg.get("EXP2_POLY", 0), cfg["BLOCK_N"], getattr(torch, {
+            "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype])))
     sig, attrs, const, align = _signature(fn, dtype, head_dim, 16, kernel == "delta", float_type)
     const.update(HEAD_DIM=head_dim, BLOCK_D=tfv._block_d(head_dim), **cfg)
     if kernel != "delta":
@@ -165,6 +168,8 @@ def main() -> int:
     ap.add_argument("--json", help="write every row here")
     ap.add_argument("--fp64-scalars", action="store_true", help="float arguments typed fp64, as under Inductor")
     ap.add_argument("--with-l1", action="store_true", help="also compile the fused L1 loss kernel")
+    ap.add_argument("--kernel", help="only this kernel's candidates (fwd, dkdv, dq)")
+    ap.add_argument("--head-dim", type=int, help="only the candidates of this head-dim class (24, 64, 80)")
     args = ap.parse_args()
     ftype = "fp64" if args.fp64_scalars else "fp32"
     if tfv.interpreted():
@@ -172,10 +177,14 @@ def main() -> int:
         return 2
     rows, bad = [], 0
     todo = [(k, hd, c, True) for k, hd, c in shipped_configs()]
-    n_shipped = len(todo) + 1  # with the deterministic variant below
+    n_shipped = len(todo) + 3  # with the deterministic variant and the forward's FMA-exp2 switches below
     todo.append(("dkdv", 64, tfv._gpu_config("dkdv", 64, torch.bfloat16), False))  # the deterministic variant
+    for switch, warps in ((1, 4), (2, 8)):  # the forward's FMA-exp2 switch: a half, a quarter of each key block
+        todo.append(("fwd", 24, {**tfv._gpu_config("fwd", 32, torch.bfloat16), "BLOCK_N": 64, "num_warps": warps,
+                                 "EXP2_POLY": switch}, True))
     if not args.only_table:
-        todo += [(k, hd, c, True) for k, per_hd in CANDIDATES.items() for hd, cfgs in per_hd.items() for c in cfgs]
+        todo += [(k, hd, c, True) for k, per_hd in CANDIDATES.items() for hd, cfgs in per_hd.items() for c in cfgs
+                 if args.kernel in (None, k) and args.head_dim in (None, hd)]
     print(f"triton {triton.__version__}, sm_{args.cc}: {len(todo)} compiles", flush=True)
     for i, (kernel, hd, cfg, atomic) in enumerate(todo):
         row = compile_one(kernel, hd, cfg, cc=args.cc, atomic_dq=atomic, float_type=ftype)

@@ -25,17 +25,26 @@ DENSE_LENS = [1568] * 24
 HEAD_DIMS = (24, 64, 80)  # one per padded class: 32 (predictor), 64 (ViT-L/B), 128 (ViT-H's 80, also 96/128)
 
 
-def _c(m: int, n: int, warps: int, stages: int) -> dict:
-    return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": warps, "num_stages": stages}
+def _c(m: int, n: int, warps: int, stages: int, **switches: int) -> dict:
+    return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": warps, "num_stages": stages, **switches}
+
+
+def _poly(m: int, n: int, warps: int, stages: int, quarter: bool = False) -> dict:
+    """A forward candidate with half (or a quarter) of each key block's exponentials on the FMA units (EXP2_POLY,
+    see docs/attention.md "Small head dims"): where the special-function units bound the forward (head dim <= 64)."""
+    return _c(m, n, warps, stages, EXP2_POLY=2 if quarter else 1)
 
 
 CANDIDATES = {
     "fwd": {
         24: [_c(128, 32, 4, 3), _c(128, 64, 8, 3), _c(128, 128, 8, 2), _c(128, 128, 8, 3), _c(128, 64, 4, 3),
              _c(64, 64, 4, 3),
-             _c(128, 32, 4, 3), _c(128, 64, 8, 4)],
+             _c(128, 32, 4, 3), _c(128, 64, 8, 4),
+             _poly(128, 64, 4, 3), _poly(128, 64, 8, 3), _poly(128, 128, 8, 2), _poly(128, 32, 4, 3),
+             _poly(64, 64, 4, 3), _poly(128, 64, 8, 3, quarter=True), _poly(128, 128, 8, 2, quarter=True)],
         64: [_c(128, 64, 8, 3), _c(128, 64, 8, 4), _c(128, 32, 8, 3), _c(64, 64, 8, 3), _c(64, 64, 4, 3),
-             _c(128, 32, 4, 3), _c(128, 128, 8, 1)],
+             _c(128, 32, 4, 3), _c(128, 128, 8, 1), _poly(64, 64, 4, 3), _poly(128, 64, 8, 3),
+             _poly(64, 64, 4, 3, quarter=True)],
         80: [_c(128, 64, 8, 2), _c(128, 32, 8, 3), _c(64, 64, 8, 3), _c(64, 32, 4, 2)],
     },
     "dkdv": {

@@ -10,14 +10,16 @@
 # Phases in priority order, each under its own timeout and all under one overall budget (GPU_CHECK_BUDGET seconds,
 # default 500), so one hang cannot eat the rest and what matters most runs first:
 #   install (the C++/CUDA extension, offline; in the background while the Triton-only phases run)
-#   -> nvidia-smi -> rooflines -> tune the attention block sizes (benchmarks/tune_attention.py; every later phase
-#   runs with that table) -> attention benchmark -> GPU tests -> compiled attention tests -> train-step benchmark
+#   -> nvidia-smi -> rooflines -> step anatomy (benchmarks/step_anatomy.py, "before") -> tune the attention block
+#   sizes (benchmarks/tune_attention.py; every later phase runs with that table) -> attention benchmark
+#   -> GPU tests -> compiled attention tests -> train-step benchmark
 #   -> a short real training run (torchrun, the default config) -> the other kernel benchmarks
-#   -> merge into bench.json and render summary.md.
+#   -> the step anatomy again ("after") -> merge into bench.json and render summary.md.
 # GPU_CHECK_PHASES="gpu_tests bench_attention ..." runs only the named phases (install always runs when a later phase
 # needs the extension); GPU_CHECK_BENCH_K adds a pytest -k filter to the attention benchmark.
 # $OUT ends up with a handful of files (summary.md, phases.txt, bench.json, flash_varlen_tuned.json, roofline.json,
-# gpu_tests.xml, details.tar.gz with every log and raw benchmark file), small enough to copy back from a lent machine.
+# anatomy_{before,after}.{json,md}, gpu_tests.xml, details.tar.gz with every log and raw benchmark file), small
+# enough to copy back from a lent machine.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -116,6 +118,12 @@ if [ -f "$OUT/roofline.json" ]; then
   export VJEPA_FAST_ROOFLINE_JSON=$OUT/roofline.json  # the benchmark runs reuse it instead of measuring again
 fi
 
+# ---- where the step's time goes, before anything below changes it (the extension may still be building: the
+# anatomy then runs the EMA through torch's foreach kernels) -------------------------------------------------------
+ANATOMY_ARGS=(--config configs/vitl16.yaml --out "$OUT" train.batch_size=24 train.compile=true
+              train.activation_checkpointing=false)
+run_phase anatomy_before 150 "$PY" benchmarks/step_anatomy.py --tag before "${ANATOMY_ARGS[@]}"
+
 # ---- attention: tune the block sizes on this card, then benchmark with them ----------------------------------------
 run_phase tune_attention 170 "$PY" benchmarks/tune_attention.py --out "$OUT/flash_varlen_tuned.json" --budget 130
 grep -E "best|no candidate|skipped|trials" "$LOGS/tune_attention.log"
@@ -143,15 +151,20 @@ run_phase attention_tests 70 "$PY" -m pytest tests/test_attention.py tests/test_
 grep -E "passed|failed|error|no tests ran" "$LOGS/attention_tests.log" | tail -n 3
 
 # ---- the step, a real run, the other kernels ---------------------------------------------------------------------
-bench train_step 120 benchmarks/test_bench_train_step.py -k "not compiled"
+bench train_step 120 benchmarks/test_bench_train_step.py -k "not compiled and not truncated"
 run_phase train_run 90 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 vjepa_fast/train.py \
   run_dir="$WORK/run" train.steps=40 train.log_every=10 train.progress=false
 grep -E "step|loss|done|Error" "$LOGS/train_run.log" | tail -n 6
 for name in ema gather l1_loss; do
   bench "$name" 50 "benchmarks/test_bench_$name.py"
 done
-bench train_step_compiled 120 benchmarks/test_bench_train_step.py -k compiled
+bench train_step_compiled 180 benchmarks/test_bench_train_step.py -k "compiled or truncated"
 bench data 40 benchmarks/test_bench_data.py
+# the same anatomy again, now with the extension and the block sizes tuned above
+run_phase anatomy_after 150 "$PY" benchmarks/step_anatomy.py --tag after "${ANATOMY_ARGS[@]}"
+# the dense target pass through SDPA's cuDNN kernel instead (measured faster alone; not yet in the step)
+VJEPA_FAST_DENSE_ATTENTION_BACKEND=sdpa_cudnn run_phase anatomy_dense_cudnn 150 "$PY" benchmarks/step_anatomy.py \
+  --tag dense_cudnn "${ANATOMY_ARGS[@]}"
 
 # ---- merge, render, pack -----------------------------------------------------------------------------------------
 shopt -s nullglob
@@ -171,6 +184,9 @@ fi
   echo "Versions: $(cat "$LOGS/versions.log")"
   echo
   echo "Extension: $(tail -n 1 "$LOGS/extension.log" 2>/dev/null)"
+  for tag in before after dense_cudnn; do
+    if [ -f "$OUT/anatomy_$tag.md" ]; then echo; echo "## Step anatomy ($tag)"; echo; sed 1d "$OUT/anatomy_$tag.md"; fi
+  done
   if [ -f "$LOGS/tune_attention.log" ]; then
     echo
     echo "## Attention block-size tuning (benchmarks/tune_attention.py)"

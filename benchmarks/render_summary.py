@@ -31,6 +31,7 @@ FIGURES: list[tuple[tuple[str, ...], str, str]] = [
     (("mfu",), "MFU", "pct"),
     (("peak_mem_gb",), "peak mem GB", "num"),
     (("fast_path_speedup",), "fast path speed-up", "x"),
+    (("equal_tokens_speedup",), "equal-tokens speed-up", "x"),
 ]
 HIDDEN = {"baseline", "description", "copy_gb_per_s"}  # shown elsewhere or per machine, not per row
 

@@ -4,6 +4,8 @@ Rows (group "train_step"):
 - vjepa_fast: VJEPA with the default backends (gather, varlen attention, fused L1 loss, fused EMA kernels),
   every sample's full token sets packed (no truncation), eager;
 - vjepa_fast_compiled (GPU only): the same with each transformer block torch.compile'd (train.compile=true);
+- vjepa_fast_truncated: the fast path on exactly the reference-style step's tokens (masks.truncate_to_batch_min=true),
+  compiled on a GPU: the equal-work comparison ("faster at the same work");
 - vjepa_reference_style (the baseline): the original code's way on the same model: masks truncated to the batch
   minimum, one dense pass per mask configuration, plain SDPA, LayerNorm-gather-abs-mean loss, Python EMA loop, eager;
 - videomae: the pixel-reconstruction baseline (tube masks 90%, decoder, norm-pix MSE), eager.
@@ -11,13 +13,14 @@ Rows (group "train_step"):
 GPU: ViT-L/16 at 16 x 224 (configs/vitl16.yaml, configs/videomae_vitl16.yaml), bf16 autocast, batch 24 per step or
 the largest of 16, 8, 4 that fits. CPU: the tiny model on a 4 x 6 x 6 grid, batch 4, a few rounds.
 Batches come from the real loader and collate (synthetic clips), drawn before timing and cycled, so data loading
-is not in the time (benchmarks/test_bench_data.py measures it). Every timed round ends with a CUDA synchronise; the
-steps inside already synchronise where the Trainer reads the loss and the gradient norm.
+is not in the time (benchmarks/test_bench_data.py measures it). Every timed round ends with a CUDA synchronise (the
+step itself reads nothing back but on log steps).
 
 extra_info: clips/s, tokens/s, achieved TFLOP/s and MFU from the model's useful FLOPs (vjepa_fast.flops) over the
 median step time (MFU against the card's datasheet bf16 peak, matmul_fraction against the measured 8192^3 bf16
 matmul rate), peak memory, and in the reference-style row `fast_path_speedup`: the fast path's clips/s over its own,
-when the fast path ran earlier in the same session. The reference-style row's FLOPs count the tokens it keeps.
+when the fast path ran earlier in the same session, and `equal_tokens_speedup`: vjepa_fast_truncated's clips/s over
+its own (the same tokens). The reference-style and truncated rows' FLOPs count the tokens they keep.
 
     PYTHONPATH=. pytest benchmarks/test_bench_train_step.py --benchmark-only
 """
@@ -48,17 +51,19 @@ if CUDA:
     CONFIGS = {"vjepa": "configs/vitl16.yaml", "videomae": "configs/videomae_vitl16.yaml"}
     SHAPE = []
     NUM_BATCHES, WARMUP, ROUNDS = 3, 3, 10
-    VARIANTS = ["vjepa_fast", "vjepa_fast_compiled", "vjepa_reference_style", "videomae"]
+    VARIANTS = ["vjepa_fast", "vjepa_fast_compiled", "vjepa_fast_truncated", "vjepa_reference_style", "videomae"]
 else:
     BATCH_SIZES = (4,)
     CONFIGS = {"vjepa": "configs/tiny.yaml", "videomae": "configs/videomae_tiny.yaml"}
     SHAPE = ["data.num_frames=8", "data.crop_size=96"]  # tiny model, grid 4 x 6 x 6 = 144 tokens
     NUM_BATCHES, WARMUP, ROUNDS = 2, 1, 3
-    VARIANTS = ["vjepa_fast", "vjepa_reference_style", "videomae"]
+    VARIANTS = ["vjepa_fast", "vjepa_fast_truncated", "vjepa_reference_style", "videomae"]
 
 DESCRIPTIONS = {
     "vjepa_fast": "VJEPA, default backends, packed full masks, eager",
     "vjepa_fast_compiled": "VJEPA, default backends, packed full masks, per-block torch.compile",
+    "vjepa_fast_truncated": "VJEPA, default backends, masks truncated to the batch minimum (the reference-style "
+                            "step's tokens), " + ("per-block torch.compile" if CUDA else "eager"),
     "vjepa_reference_style": "reference style: truncated masks, per-mask dense passes, SDPA, unfused loss, "
                              "Python EMA loop, eager",
     "videomae": "VideoMAE baseline: tube masks 90%, decoder, norm-pix MSE, eager",
@@ -70,11 +75,17 @@ _CLIPS_PER_S: dict[str, float] = {}  # variant -> clips/s measured earlier in th
 def _config(variant: str, batch: int, run_dir: Path):
     method = "videomae" if variant == "videomae" else "vjepa"
     overrides = [*SHAPE, f"train.batch_size={batch}", "data.path=synthetic", "data.num_workers=0",
-                 "train.progress=false", f"train.compile={str(variant == 'vjepa_fast_compiled').lower()}",
+                 "train.progress=false", f"train.compile={str(_compiled(variant)).lower()}",
                  "train.activation_checkpointing=false", f"run_dir={run_dir}"]
+    if variant in ("vjepa_reference_style", "vjepa_fast_truncated"):
+        overrides += ["masks.truncate_to_batch_min=true"]
     if variant == "vjepa_reference_style":
-        overrides += ["masks.truncate_to_batch_min=true", "backends.ema=reference"]
+        overrides += ["backends.ema=reference"]
     return load_config(str(ROOT / CONFIGS[method]), overrides)
+
+
+def _compiled(variant: str) -> bool:
+    return variant == "vjepa_fast_compiled" or (CUDA and variant == "vjepa_fast_truncated")
 
 
 class StepRunner:
@@ -99,7 +110,8 @@ class StepRunner:
         batch = self.batches[self.count % len(self.batches)]
         out = self.trainer.train_step(batch, self.count)
         self.count += 1
-        self.skipped += out is None
+        # the step reads nothing back (except on log steps): the flag is read here, after the step's work
+        self.skipped += out is None or not bool(out["finite"])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -155,6 +167,7 @@ def _record(benchmark, runner: StepRunner, variant: str, roofline: dict) -> None
         "clip": f"{cfg.data.num_frames}x{cfg.data.crop_size}",
         "precision": "bf16" if CUDA and cfg.train.precision in ("auto", "bf16") else "fp32",
         "compile": cfg.train.compile, "gflop_per_step": round(runner.flops / 1e9, 2),
+        "dense_attention": ops._backend.forced_backend("dense_attention") or "auto",
     }
     if variant == "vjepa_reference_style":
         info["baseline"] = True
@@ -162,6 +175,7 @@ def _record(benchmark, runner: StepRunner, variant: str, roofline: dict) -> None
         info["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(runner.device) / 2**30, 2)
     else:  # the process's high-water mark, not this step's: indicative only
         info["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    info.update(clips_per_s=None, mfu=None)  # every row has them; None where not timed
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # None under --benchmark-disable: the step ran once, untimed
         median = stats.stats.median
@@ -177,4 +191,6 @@ def _record(benchmark, runner: StepRunner, variant: str, roofline: dict) -> None
             info["fast_path_speedup"] = round(_CLIPS_PER_S["vjepa_fast"] / clips_per_s, 3)
             if "vjepa_fast_compiled" in _CLIPS_PER_S:
                 info["compiled_fast_path_speedup"] = round(_CLIPS_PER_S["vjepa_fast_compiled"] / clips_per_s, 3)
+        if variant == "vjepa_reference_style" and "vjepa_fast_truncated" in _CLIPS_PER_S:  # same tokens
+            info["equal_tokens_speedup"] = round(_CLIPS_PER_S["vjepa_fast_truncated"] / clips_per_s, 3)
     benchmark.extra_info.update(info)

@@ -165,7 +165,9 @@ def main() -> int:
             best = None
             default = tfv._gpu_config(kernel, int(bd), torch.bfloat16)
             cands = CANDIDATES[kernel][hd] if hd in CANDIDATES[kernel] else [default]
-            for cfg in (cands[:2] if args.smoke else cands):
+            # smoke: the first two and one with each kernel switch (EXP2_POLY), so every code path runs once
+            smoke = cands[:2] + [c for c in cands[2:] if "EXP2_POLY" in c][:1]
+            for cfg in (smoke if args.smoke else cands):
                 row = _trial(tfv, kernel, cfg, fixed, cases)
                 row["head_dim"] = hd
                 row["default"] = cfg == default

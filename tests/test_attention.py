@@ -161,6 +161,44 @@ def test_small_blocks_full_grid(triton_backend, deterministic):
     _assert_rule("dqkv", dqkv, same_d, truth_d)
 
 
+@pytest.mark.parametrize("Dh,switch", [(24, 1), (32, 1), (48, 1), (64, 1), (24, 2), (64, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fma_exp2_forward_matches_fp64(triton_backend, Dh, switch, dtype):
+    """EXP2_POLY: half (switch 1) or a quarter (2) of each whole key block's exponentials as a polynomial on the
+    FMA units (degree 3 for fp16, 6 for fp32), ragged lengths with an empty sequence and tails; gradients through
+    the saved logsumexp too."""
+    qkv, cu, max_len, dout = _batch([1, 70, 0, 64, 33, 100], 2, Dh, dtype, seed=40 + Dh)
+    block_n = 64 if Dh <= 32 or switch == 2 else 32  # parts of 16 keys or more
+    fwd = {"BLOCK_M": 32, "BLOCK_N": block_n, "EXP2_POLY": switch, "MAX_PROGRAMS": 1}
+    with _kernels().block_sizes(fwd=fwd):
+        out, dqkv = _run_triton(qkv, cu, max_len, dout, deterministic=True)
+    truth_out, truth_d = _ref(qkv, cu, dout)
+    same_out, same_d = _ref(qkv, cu, dout, dtype)
+    _assert_rule("out", out, same_out, truth_out)
+    _assert_rule("dqkv", dqkv, same_d, truth_d)
+
+
+@pytest.mark.parametrize("degree,bound", [(3, 7.5e-5), (6, 3e-7)])
+def test_exp2_polynomial_relative_error(degree, bound):
+    import triton
+    import triton.language as tl
+
+    global _EXP2_FMA  # a jit function resolves the functions it calls among its module's globals
+    _EXP2_FMA = _kernels()._exp2_fma
+
+    @triton.jit
+    def probe(X, Y, N: tl.constexpr, DEGREE: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(Y + offs, _EXP2_FMA(tl.load(X + offs), DEGREE))
+
+    x = torch.cat([-torch.rand(4000, dtype=torch.float64) * 125, torch.tensor([0.0, -1.0, -0.5, -125.9])])
+    x = torch.cat([x, torch.zeros(4096 - x.numel(), dtype=torch.float64)]).float()
+    y = torch.empty_like(x)
+    probe[(1,)](x, y, N=4096, DEGREE=degree)
+    rel = ((y.double() - torch.exp2(x.double())) / torch.exp2(x.double())).abs().max().item()
+    assert rel <= bound, rel
+
+
 def test_max_seqlen_too_small_is_only_slower():
     """The kernels walk their blocks in steps of the grid, so an underestimated max_seqlen (possible on GPU, where
     the offsets are not checked by default) still writes every row."""
@@ -239,6 +277,24 @@ def test_dense_path(dense):
     same_out, same_d = _ref(qkv, cu, dout, torch.float32)
     _assert_rule("out", out, same_out, truth_out)
     _assert_rule("dqkv", dqkv, same_d, truth_d)
+
+
+def test_dense_sdpa_cudnn_is_forced_only():
+    """SDPA's cuDNN kernel for the dense pass: never the automatic choice; forced on the CPU, the reason; on a GPU
+    (16-bit) the same answer as plain SDPA."""
+    qkv = torch.randn(80, 3, 2, 64, device=DEVICE, dtype=torch.float16 if DEVICE == "cuda" else torch.float32)
+    cu = torch.tensor([0, 40, 80], dtype=torch.int32, device=DEVICE)
+    assert A._choose(A.DENSE_OP, A._DENSE, qkv) != "sdpa_cudnn"
+    _backend.set_backend(A.DENSE_OP, "sdpa_cudnn")
+    try:
+        if DEVICE == "cpu":
+            with pytest.raises(RuntimeError, match="sdpa_cudnn.*needs a CUDA tensor"):
+                A.varlen_attention(qkv, cu, 40, uniform_len=40)
+            return
+        got = A.varlen_attention(qkv, cu, 40, uniform_len=40)
+    finally:
+        _backend.set_backend(A.DENSE_OP, None)
+    torch.testing.assert_close(got, A._dense_sdpa(qkv, 40), rtol=2e-3, atol=2e-3)
 
 
 # ---------------------------------------------------------------------------------------------- dispatch, errors

@@ -97,3 +97,4 @@ def test_tune_attention_smoke(tmp_path):
     trials = data["_trials"]
     assert trials and all(t.get("ok") for t in trials), trials
     assert all(max(t["rel_err"].values()) < 1e-2 for t in trials)
+    assert any(t["config"].get("EXP2_POLY") for t in trials if t["kernel"] == "fwd")  # the switch's path ran

@@ -108,6 +108,7 @@ class TrainConfig:
     profile_steps: int = 3  # steps traced when train.profile is on
     tensorboard: str = "auto"  # TensorBoard event files in <run_dir>/tb: auto (on when installed) / true / false
     plots: bool = True  # a finished run draws <run_dir>/plots/ (curves, masks) when matplotlib is installed
+    float8: bool = False  # float8 matmuls in the transformer linears (torchao, vjepa_fast/float8.py)
     async_checkpoint: bool = False  # write checkpoints in the background (at most one in flight)
 
 
@@ -463,6 +464,11 @@ def _check_train(cfg: Config) -> None:
     _require(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", f"must be > 0, got {t.peak_tflops}")
     _require(t.tensorboard in ("auto", "true", "false"), "train.tensorboard",
              f"must be auto, true or false, got {t.tensorboard!r}")
+    if t.float8:
+        from vjepa_fast.float8 import unavailable_reason
+
+        why = unavailable_reason()
+        _require(why is None, "train.float8", str(why))
 
 
 def backend_names(op: str) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ import torch
 
 _ENABLED = False  # NVTX ranges on (enable_nvtx)
 _RECORDING = False  # a maybe_profile context is open: label phases with record_function too
+_OBSERVER = None  # observe_phases(fn): fn(name, begin) at every phase boundary (benchmarks/step_anatomy.py)
 _HAS_NVTX_PACKAGE = importlib.util.find_spec("nvtx") is not None
 DOMAIN = "vjepa_fast"
 
@@ -33,6 +34,13 @@ def enable_nvtx(on: bool = True) -> None:
 
 def nvtx_enabled() -> bool:
     return _ENABLED
+
+
+def observe_phases(fn) -> None:
+    """Call `fn(name, begin: bool)` on entering and leaving every phase range (None: stop). The step anatomy
+    records a timestamp there; only one observer at a time."""
+    global _OBSERVER
+    _OBSERVER = fn
 
 
 def _push(name: str) -> bool:
@@ -65,10 +73,14 @@ def nvtx_range(name: str) -> Iterator[None]:
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"nvtx_range: name must be a non-empty string, got {name!r}")
-    if not (_ENABLED or _RECORDING) or torch.compiler.is_compiling():
+    if not (_ENABLED or _RECORDING or _OBSERVER is not None) or torch.compiler.is_compiling():
         yield
         return
     with contextlib.ExitStack() as stack:
+        observer = _OBSERVER
+        if observer is not None:
+            observer(name, True)
+            stack.callback(observer, name, False)
         if _RECORDING:  # shows the phase in the Chrome trace of maybe_profile
             stack.enter_context(torch.profiler.record_function(name))
         if _ENABLED and _push(name):

@@ -28,10 +28,11 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from vjepa_fast import checkpoint, ops, preflight
+from vjepa_fast import checkpoint, float8, ops, preflight
 from vjepa_fast.checkpoint import CheckpointError
 from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, make_loader
+from vjepa_fast.data.prefetch import prefetch_to_device
 from vjepa_fast.flops import device_peak_flops
 from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, CollectiveError, StopRequest, as_collective_error
 from vjepa_fast.metrics import MetricsLog, Progress
@@ -43,16 +44,14 @@ from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.rundir import ResumeDecision, RunDir, RunDirError
 from vjepa_fast.runlog import RunLog
 from vjepa_fast.schedules import Schedules
+from vjepa_fast.step_guard import (NonFiniteLossError, finite_flag, guarded_ema_, guarded_optimizer_step,
+                                   read_back)
 from vjepa_fast.tb_log import TensorBoardLog
 from vjepa_fast.weights import CheckpointFormatError, load_into, model_config
 
 log = logging.getLogger("vjepa_fast.train")
 
 MIN_ATTEMPTS_FOR_ERROR_LIMIT = 100  # judge the broken-sample fraction only once it means something
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 class DataErrorLimit(RuntimeError):
@@ -113,6 +112,8 @@ class Trainer:
         self.schedules = Schedules(cfg.optim, t.steps)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
+        if t.float8:  # before compile and FSDP2, the order torchao composes in
+            float8.convert(self.model, sharded=di.world_size > 1, emulate=self.device.type != "cuda")
         parallelize(self.model, self.model.top_modules(), world_size=di.world_size, compile=t.compile,
                     activation_checkpointing=t.activation_checkpointing, compile_backend=t.compile_backend,
                     mixed_precision=use_bf16 and self.device.type == "cuda", device_type=self.device.type,
@@ -127,6 +128,7 @@ class Trainer:
                                                     t.async_checkpoint, di.control_group)
         self.config_yaml = ""
         self.preempted = False  # stopped by SIGTERM/SIGUSR1 after saving: main exits with REQUEUE_EXIT_CODE
+        self.unread: list[dict] = []  # steps whose device numbers were not read back yet (read_back)
 
     # ---- resume -----------------------------------------------------------------------------------------------
     def resume(self, decision: ResumeDecision) -> None:
@@ -155,15 +157,18 @@ class Trainer:
         return True
 
     # ---- one step ---------------------------------------------------------------------------------------------
-    def batch_stats(self, batch) -> torch.Tensor:
-        """[per-mask target counts..., data errors, clips] summed over ranks (loss weights need global counts)."""
-        m = batch.masks
-        stats = torch.cat([m.tgt_counts.double(),
-                           torch.tensor([len(batch.errors), batch.video.shape[0]], dtype=torch.float64)])
+    def batch_stats(self, batch, dev) -> torch.Tensor:
+        """[per-mask target counts..., data errors, clips] summed over ranks (loss weights need global counts).
+
+        Built and summed on the device without a host sync: the counts come from the batch's device copy, the two
+        host numbers through pinned memory (a copy from pageable memory would wait for the GPU); the loss weights
+        use the sums there and the data-error counts are read back with the step's other numbers."""
+        tail = torch.tensor([len(batch.errors), batch.video.shape[0]], dtype=torch.float64)
+        if self.device.type == "cuda":
+            tail = tail.pin_memory().to(self.device, non_blocking=True)
+        stats = torch.cat([dev.masks.tgt_counts.double(), tail])
         if self.di.world_size > 1:
-            stats = stats.to(self.device)
             dist.all_reduce(stats)
-            stats = stats.cpu()
         return stats
 
     def compute_loss(self, batch, row_weight: torch.Tensor) -> torch.Tensor:
@@ -174,55 +179,77 @@ class Trainer:
         return self.model.step_flops(batch.masks) * self.di.world_size
 
     def train_step(self, batch, step: int) -> Optional[dict]:
+        """One step with no host sync: a non-finite loss or gradient norm masks the update on the device
+        (vjepa_fast.step_guard). Returns the step's numbers, read back on log and checkpoint steps (then None if
+        the step was skipped) and still on the device otherwise."""
         sched = self.schedules(step)
         for g in self.optimizer.param_groups:
             g["lr"] = sched["lr"]
             g["weight_decay"] = sched["wd"] if g.get("decay", True) else 0.0
-        stats = self.batch_stats(batch)
         M = batch.masks.num_masks
-        self.data_errors += int(stats[M])
-        self.data_attempts += int(stats[M]) + int(stats[M + 1])
-        self.check_data_errors()
         flops = self.step_flops(batch)
-        with nvtx_range("data"):
-            dev = batch.to(self.device, non_blocking=True)
+        with nvtx_range("data"):  # a no-op when data/prefetch.py copied the batch ahead on a side stream
+            dev = batch.device_copy or batch.to(self.device, non_blocking=True)
+            stats = self.batch_stats(batch, dev)
         loss = self.compute_loss(dev, self.model.row_weights(dev.masks, stats[:M], self.di.world_size))
         loss_value = loss.detach().clone()
-        if self.di.world_size > 1:
+        if self.di.world_size > 1:  # every rank decides on the same (global) loss
             dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
-        loss_value = float(loss_value)
-        if not math.isfinite(loss_value):
-            return self.skip(step, f"loss is {loss_value}")
         with nvtx_range("backward"):
             loss.backward()
         with nvtx_range("optimizer"):
             o = self.cfg.optim
             max_norm = o.clip_grad if (o.clip_grad > 0 and step >= o.warmup_steps) else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            if not math.isfinite(grad_norm):
-                return self.skip(step, f"gradient norm is {grad_norm}")
-            self.optimizer.step()
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            finite = finite_flag(loss_value, grad_norm)
+            guarded_optimizer_step(self.optimizer, finite)
             self.optimizer.zero_grad(set_to_none=True)
         targets, sources = self.model.ema_pairs()
         if targets:
             with nvtx_range("ema"):
-                ops.ema_update_([local_tensor(t) for t in targets], [local_tensor(s) for s in sources],
-                                sched["ema_momentum"])
-        self.nonfinite_in_a_row = 0
-        return {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
-                "clips": int(stats[M + 1])}
+                guarded_ema_([local_tensor(t) for t in targets], [local_tensor(s) for s in sources],
+                             sched["ema_momentum"], finite)
+        # clips: every rank's batch has batch_size clips (broken samples are replaced), so no readback is needed
+        out = {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
+               "clips": batch.video.shape[0] * self.di.world_size, "finite": finite, "data_stats": stats[M:]}
+        t = self.cfg.train
+        if (step + 1) % t.log_every and (step + 1) % t.ckpt_every and step + 1 != t.steps:
+            self.unread.append(out)
+            return out
+        return self.settle(out)
+
+    def settle(self, out: dict) -> Optional[dict]:
+        """Read back every unread step up to `out` (one host sync): count data errors, warn about skipped steps,
+        stop after max_nonfinite in a row. Returns `out` with host numbers, or None if it was skipped."""
+        steps, self.unread = read_back([*self.unread, out]), []
+        for o in steps:
+            errors, clips = o["data_stats"]
+            self.data_errors += errors
+            self.data_attempts += errors + clips
+            self.check_data_errors()
+            if o["finite"]:
+                self.nonfinite_in_a_row = 0
+            else:
+                bad = ("loss", o["loss"]) if not math.isfinite(o["loss"]) else ("gradient norm", o["grad_norm"])
+                self.skip(o["step"], f"{bad[0]} is {bad[1]}")
+        last = steps[-1]
+        return last if last["finite"] else None
+
+    def settle_unread(self) -> None:
+        """Read back the steps not read yet (before a checkpoint outside the log/checkpoint cadence, e.g. on a stop
+        signal), so the save sees the current streak of non-finite steps."""
+        if self.unread:
+            self.settle(self.unread.pop())
 
     def skip(self, step: int, why: str) -> None:
-        """Drop this step's update; stop the run when it keeps happening."""
-        self.optimizer.zero_grad(set_to_none=True)
+        """Count a step whose update was masked; stop the run when it keeps happening."""
         self.nonfinite_in_a_row += 1
         limit = self.cfg.train.max_nonfinite
         warnings.warn(f"step {step}: {why}; update skipped ({self.nonfinite_in_a_row} in a row, limit {limit})")
         if self.nonfinite_in_a_row >= limit:
             raise NonFiniteLossError(f"{self.nonfinite_in_a_row} consecutive steps with a non-finite loss or "
                                      f"gradient (last at step {step}): stopping; lower optim.lr or check the data")
-        return None
 
     def check_data_errors(self) -> None:
         limit = self.cfg.data.max_error_fraction
@@ -298,7 +325,7 @@ class Trainer:
         progress = Progress(t.steps, self.start_step, t.progress and di.is_main)
         rows, window_start, window_clips, window_flops = [], time.perf_counter(), 0, 0.0
         profiler = maybe_profile(run_dir, t.profile and di.is_main, t.profile_steps)
-        batches = iter(loader)
+        batches = prefetch_to_device(loader, self.device)
         save_pending = False
         try:
             profiler.__enter__()
@@ -331,6 +358,7 @@ class Trainer:
                 stop = self.stop.agreed()
                 due = (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps or stop
                 if due or save_pending:
+                    self.settle_unread()
                     self.phase = f"the checkpoint save before step {step + 1}"
                     save_pending = not self.save_logged(step + 1, runlog)
                 self.checkpointer.poll()

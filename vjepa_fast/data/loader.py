@@ -32,6 +32,7 @@ class Batch:
     labels: torch.Tensor  # [B]
     step: int
     errors: list = field(default_factory=list)  # "path: reason" of samples skipped while building this batch
+    device_copy: Optional["Batch"] = None  # this batch on the GPU, copied ahead by data/prefetch.py
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         return Batch(self.video.to(device, non_blocking=non_blocking), self.masks.to(device, non_blocking),

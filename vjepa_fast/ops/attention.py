@@ -261,6 +261,18 @@ def _run_dense_sdpa(qkv, cu_seqlens, max_seqlen, deterministic):
     return _dense_sdpa(qkv, max_seqlen)
 
 
+def _run_dense_sdpa_cudnn(qkv, cu_seqlens, max_seqlen, deterministic):
+    # SDPA restricted to its cuDNN kernel, which plain SDPA ranks last (forward only in training: the target pass)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return _dense_sdpa(qkv, max_seqlen)
+
+
+def _forced_only(_key) -> Optional[str]:
+    return "chosen only when forced, until a whole training step has measured it"
+
+
 _OTHERS = (
     _backend.Backend("flash_attn", _run_flash_attn, _flash_attn_reason),
     _backend.Backend("torch_varlen", _run_torch_varlen, _torch_varlen_reason),
@@ -273,7 +285,8 @@ VARLEN = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason,
 # The dense case (every sequence uniform_len long): our kernel for 16-bit CUDA tensors, else one batched SDPA call;
 # any varlen backend may be forced.
 DENSE = _backend.Op(DENSE_OP, _backend.Backend("triton", _run_triton, _triton_reason, _dense_triton_auto),
-                    _backend.Backend("sdpa", _run_dense_sdpa), *_OTHERS)
+                    _backend.Backend("sdpa", _run_dense_sdpa), *_OTHERS,
+                    _backend.Backend("sdpa_cudnn", _run_dense_sdpa_cudnn, _cuda_16bit_reason, _forced_only))
 BACKENDS = tuple(VARLEN.backends)
 DENSE_BACKENDS = tuple(DENSE.backends)
 

@@ -42,6 +42,16 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _load_rows(base, off, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows wholly inside the sequence: no row mask, and no head-dim mask when the head dim is a power of two."""
+    if HEAD_DIM == BLOCK_D:
+        x = tl.load(base + off)
+    else:
+        x = tl.load(base + off, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    return x
+
+
+@triton.jit
 def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
                MASK_N: tl.constexpr):
@@ -55,13 +65,9 @@ def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_sc
         kv_mask = n_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
         k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
-    elif HEAD_DIM == BLOCK_D:
-        k = tl.load(k_base + kv_off)
-        v = tl.load(v_base + kv_off)
     else:
-        d_mask = (offs_d < HEAD_DIM)[None, :]
-        k = tl.load(k_base + kv_off, mask=d_mask, other=0.0)
-        v = tl.load(v_base + kv_off, mask=d_mask, other=0.0)
+        k = _load_rows(k_base, kv_off, offs_d, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_base, kv_off, offs_d, HEAD_DIM, BLOCK_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     if MASK_N:
         s = tl.where(n_ok[None, :], s, float("-inf"))
@@ -74,11 +80,78 @@ def _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_sc
     return acc, l_i, m_new
 
 
+# exp2 on the FMA units (docs/attention.md, "Small head dims"): 2^x = 2^floor(x) * 2^f, f in [0, 1), with 2^f a
+# polynomial fitted for relative error on [0, 1] (degree 3: < 7.5e-5, below bf16/fp16 rounding of P; degree 6:
+# < 1.9e-9, below fp32 rounding) and 2^floor(x) added straight into the exponent bits. x <= 0 here (scores minus the
+# running max); it is clamped at -126 so the exponent stays normal (2^-126 where exp2 would give a smaller number or
+# 0: far below one ulp of the row sum, which is >= 1).
+@triton.jit
+def _exp2_fma(x, DEGREE: tl.constexpr):
+    x = tl.maximum(x, -126.0)
+    j = tl.floor(x)
+    f = x - j
+    if DEGREE == 3:
+        p = 0.07802403102606865 * f + 0.2260670727303973
+        p = p * f + 0.6958339921071426
+        p = p * f + 0.9999251255464437
+    else:
+        p = 0.00021702226816381042 * f + 0.0012439693799118543
+        p = p * f + 0.00967884064782186
+        p = p * f + 0.055483341972236054
+        p = p * f + 0.24022983633404338
+        p = p * f + 0.693146983827712
+        p = p * f + 1.0000000018563406
+    bits = p.to(tl.int32, bitcast=True) + (j.to(tl.int32) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _fwd_block_split(acc, l_i, m_i, q, k_base, v_base, start, n0, s_qt, s_qd, qk_scale,
+                     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+                     EXP2_POLY: tl.constexpr, POLY_PARTS: tl.constexpr):
+    """A whole key block (no key mask) in power-of-two parts: the last 1/POLY_PARTS of its keys (2: a half, 4: a
+    quarter) get their exponentials on the FMA units (_exp2_fma of degree EXP2_POLY), the others on the
+    special-function units (exp2), so both pipes share the softmax. Parts: a = the first half (exp2), b = the last
+    part (FMA) and, for quarters, c = the third quarter (exp2)."""
+    FMA_N: tl.constexpr = BLOCK_N // POLY_PARTS
+    offs_d = tl.arange(0, BLOCK_D)
+    off_a = (start + n0 + tl.arange(0, BLOCK_N // 2))[:, None] * s_qt + offs_d[None, :] * s_qd
+    off_b = (start + n0 + BLOCK_N - FMA_N + tl.arange(0, FMA_N))[:, None] * s_qt + offs_d[None, :] * s_qd
+    k_a = _load_rows(k_base, off_a, offs_d, HEAD_DIM, BLOCK_D)
+    k_b = _load_rows(k_base, off_b, offs_d, HEAD_DIM, BLOCK_D)
+    v_a = _load_rows(v_base, off_a, offs_d, HEAD_DIM, BLOCK_D)
+    v_b = _load_rows(v_base, off_b, offs_d, HEAD_DIM, BLOCK_D)
+    s_a = tl.dot(q, tl.trans(k_a), input_precision=DOT_PREC)
+    s_b = tl.dot(q, tl.trans(k_b), input_precision=DOT_PREC)
+    s_max = tl.maximum(tl.max(s_a, 1), tl.max(s_b, 1))
+    if POLY_PARTS == 4:
+        off_c = off_b - FMA_N * s_qt
+        k_c = _load_rows(k_base, off_c, offs_d, HEAD_DIM, BLOCK_D)
+        v_c = _load_rows(v_base, off_c, offs_d, HEAD_DIM, BLOCK_D)
+        s_c = tl.dot(q, tl.trans(k_c), input_precision=DOT_PREC)
+        s_max = tl.maximum(s_max, tl.max(s_c, 1))
+    m_new = tl.maximum(m_i, s_max * qk_scale)
+    alpha = tl.exp2(m_i - m_new)
+    p_a = tl.exp2(s_a * qk_scale - m_new[:, None])
+    p_b = _exp2_fma(s_b * qk_scale - m_new[:, None], EXP2_POLY)
+    l_i = l_i * alpha + tl.sum(p_a, 1) + tl.sum(p_b, 1)
+    acc = acc * alpha[:, None] + tl.dot(p_a.to(v_a.dtype), v_a, input_precision=DOT_PREC)
+    acc = acc + tl.dot(p_b.to(v_b.dtype), v_b, input_precision=DOT_PREC)
+    if POLY_PARTS == 4:
+        p_c = tl.exp2(s_c * qk_scale - m_new[:, None])
+        l_i = l_i + tl.sum(p_c, 1)
+        acc = acc + tl.dot(p_c.to(v_c.dtype), v_c, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
 @triton.jit
 def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
                 s_qt, s_q3, s_qh, s_qd, s_ot, s_oh, s_od,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
+                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, EXP2_POLY: tl.constexpr = 0,
+                POLY_PARTS: tl.constexpr = 2):
+    # EXP2_POLY (0: off, the default until measured; 3 or 6: the polynomial's degree) moves 1/POLY_PARTS of each
+    # whole key block's exponentials to the FMA units (_fwd_block_split); the tail block always uses exp2.
     # Row and head strides arrive divided by ALIGN (see _align()); multiplying by the constant here tells the
     # compiler they are multiples of it, so 16-byte vector loads survive head dims like 24.
     s_qt = s_qt * ALIGN
@@ -114,8 +187,13 @@ def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         # The first key block always holds key 0, so m is finite after it (whole or tail).
         for n0 in range(0, n_full, BLOCK_N):
-            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
-                                       BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, False)
+            if EXP2_POLY > 0:
+                acc, l_i, m_i = _fwd_block_split(acc, l_i, m_i, q, k_base, v_base, start, n0, s_qt, s_qd,
+                                                 qk_scale, BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, EXP2_POLY,
+                                                 POLY_PARTS)
+            else:
+                acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n0, L, s_qt, s_qd, qk_scale,
+                                           BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, False)
         if n_full < L:
             acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_base, v_base, start, n_full, L, s_qt, s_qd, qk_scale,
                                        BLOCK_N, HEAD_DIM, BLOCK_D, DOT_PREC, True)
@@ -293,8 +371,10 @@ def _valid_entry(kernel: str, cfg) -> bool:
         return False
     keys = ("BLOCK_M",) if kernel == "delta" else ("BLOCK_M", "BLOCK_N")
     pow2 = all(isinstance(cfg.get(k), int) and cfg[k] >= 16 and cfg[k] & (cfg[k] - 1) == 0 for k in keys)
+    options = {"EXP2_POLY"} if kernel == "fwd" else set()  # kernel switches a table may set (see _poly_switch)
     return (pow2 and cfg.get("num_warps", 4) in (1, 2, 4, 8, 16) and isinstance(cfg.get("num_stages", 2), int)
-            and 1 <= cfg.get("num_stages", 2) <= 8 and set(cfg) <= {*keys, "num_warps", "num_stages"})
+            and 1 <= cfg.get("num_stages", 2) <= 8 and cfg.get("EXP2_POLY", 0) in (0, 1, 2)
+            and set(cfg) <= {*keys, "num_warps", "num_stages", *options})
 
 
 def _table_entry(path: str, kernel: str, block_d: int, arch: str) -> Optional[dict]:
@@ -416,6 +496,16 @@ def _align(*strides: int) -> int:
     return a
 
 
+def _poly_switch(switch: int, block_n: int, dtype: torch.dtype) -> dict:
+    """The forward's EXP2_POLY table switch (0: off, 1: half of each key block, 2: a quarter) as the kernel's
+    constexprs: EXP2_POLY = the polynomial's degree (3 for 16-bit inputs, whose P is rounded to 16 bits anyway; 6 for
+    fp32; 0 off) and POLY_PARTS. Every part must stay >= 16 keys wide, else the switch is off."""
+    parts = {1: 2, 2: 4}.get(switch)
+    if parts is None or block_n // parts < 16:
+        return {"EXP2_POLY": 0, "POLY_PARTS": 2}
+    return {"EXP2_POLY": 6 if dtype == torch.float32 else 3, "POLY_PARTS": parts}
+
+
 def _dot_precision(dtype: torch.dtype) -> Optional[str]:
     # fp32 inputs get true fp32 products (TF32 would be less accurate than the plain definition in fp32); 16-bit:
     # the default.
@@ -433,6 +523,7 @@ def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
         return out, lse
     bd = _block_d(Dh)
     cfg = _config("fwd", bd, qkv.dtype, qkv.device)
+    cfg.update(_poly_switch(cfg.get("EXP2_POLY", 0), cfg["BLOCK_N"], qkv.dtype))
     grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
     a = _align(*qkv.stride()[:3], *out.stride()[:2])
     _launch(_fwd_kernel, grid, qkv, out, lse, cu_seqlens, T, H, softmax_scale * LOG2E,
