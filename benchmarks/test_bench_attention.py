@@ -99,11 +99,11 @@ def _variant(name: str, qkv: torch.Tensor):
         return _sdpa_dense(name.removeprefix("sdpa_"))
     deterministic = name.endswith("_deterministic")
     name = name.removesuffix("_deterministic")
-    reason = A._VARLEN[name][0](qkv)
+    backend = A.VARLEN.backends[name]
+    reason = backend.check(A.backend_key(qkv))
     if reason is not None:
         pytest.skip(f"{name}: {reason}")
-    runner = A._VARLEN[name][1]
-    return lambda x, cu, m: runner(x, cu, m, deterministic)
+    return lambda x, cu, m: backend.run(x, cu, m, deterministic)
 
 
 def _timed(benchmark, fn):

@@ -284,7 +284,7 @@ def test_dense_sdpa_cudnn_is_forced_only():
     (16-bit) the same answer as plain SDPA."""
     qkv = torch.randn(80, 3, 2, 64, device=DEVICE, dtype=torch.float16 if DEVICE == "cuda" else torch.float32)
     cu = torch.tensor([0, 40, 80], dtype=torch.int32, device=DEVICE)
-    assert A._choose(A.DENSE_OP, A._DENSE, qkv) != "sdpa_cudnn"
+    assert A.DENSE.choose(A.backend_key(qkv)).name != "sdpa_cudnn"
     _backend.set_backend(A.DENSE_OP, "sdpa_cudnn")
     try:
         if DEVICE == "cpu":

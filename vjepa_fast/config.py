@@ -123,12 +123,12 @@ class ParallelConfig:
 class BackendsConfig:
     """Forced op backends ("auto": the registry's choice, or VJEPA_FAST_<OP>_BACKEND) and the attention kernels'
     settings; docs/architecture.md, "Backends"."""
-    gather: str = "auto"  # token gather: auto / cuda / cpu / reference
-    attention: str = "auto"  # packed varlen attention: auto / triton / flash_attn / torch_varlen / ...
-    dense_attention: str = "auto"  # the target encoder's dense attention: auto / triton / sdpa / ...
-    l1_loss: str = "auto"  # fused L1 target loss: auto / triton / reference
-    ema: str = "auto"  # EMA update: auto / cuda / cpu / foreach / reference
-    rope: str = "auto"  # V-JEPA 2 rotary q/k: auto (= torch) / torch / triton
+    gather: str = "auto"  # backend of the token gather
+    attention: str = "auto"  # backend of the packed (varlen) attention
+    dense_attention: str = "auto"  # backend of the target encoder's dense attention
+    l1_loss: str = "auto"  # backend of the fused L1 target loss
+    ema: str = "auto"  # backend of the EMA update
+    rope: str = "auto"  # backend of V-JEPA 2's rotary q/k (auto: torch)
     attention_backward: str = "auto"  # split / atomic ("auto": VJEPA_FAST_FLASH_BWD, else split)
     attention_tuning: Optional[str] = None  # block-size table JSON (null: VJEPA_FAST_FLASH_TUNING, else packaged)
 
@@ -581,7 +581,7 @@ def help_table(cfg: Optional[Config] = None) -> str:
     for key, value, typ, meaning in iter_keys(cfg or Config()):
         op = key.removeprefix("backends.")
         if key.startswith("backends.") and op in _backend.op_names():
-            meaning = "force a backend: auto, " + ", ".join(backend_names(op))
+            meaning += ": auto, " + ", ".join(backend_names(op))
         shown = "null" if value is None else yaml.safe_dump(to_dict_value(value), default_flow_style=True).strip()
         rows.append((key, _type_name(typ), shown.removesuffix("\n..."), meaning))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
