@@ -302,15 +302,16 @@ class Checkpointer:
                 loop = {k: v for k, v in payload.items() if k not in ("model", "optim")}
             error = None
         except (Exception, CheckpointException) as e:
-            error = why_failed(e)
+            # DCP reports every rank's failure to all ranks: name the ranks that really failed to read
+            me = dist.get_rank(self.group) if dist.is_initialized() else 0
+            error = (sorted(e.failures) if isinstance(e, CheckpointException) else [me], why_failed(e))
+        errors = [error]
         if dist.is_initialized():  # every rank loaded it, or every rank stops
-            errors: list = [None] * dist.get_world_size(self.group)
+            errors = [None] * dist.get_world_size(self.group)
             dist.all_gather_object(errors, error, group=self.group)
-            failed = [(r, err) for r, err in enumerate(errors) if err is not None]
-        else:
-            failed = [(0, error)] if error is not None else []
+        failed = [err for err in errors if err is not None]
         if failed:
-            ranks = ", ".join(str(r) for r, _ in failed)
+            ranks = ", ".join(str(r) for r in sorted({r for rs, _ in failed for r in rs}))
             raise CheckpointError(f"checkpoint {path} could not be loaded on rank {ranks} ({failed[0][1]}); "
                                   f"every rank stops")
         return loop

@@ -133,7 +133,7 @@ def resolve_checkpoint(path: str) -> tuple[Path, Optional[Path]]:
         if not found and p.name == "checkpoints" and ckpt.list_checkpoints(p.parent):
             return resolve_checkpoint(str(p.parent))  # the run's checkpoints/ folder itself
         if not found:
-            raise FileNotFoundError(f"checkpoint: no step_* checkpoints in {ckpt.checkpoint_dir(p)} (is {p} a run dir?)")
+            raise FileNotFoundError(f"checkpoint: no step_* checkpoints in {ckpt.checkpoint_dir(p)} (a run dir?)")
         run_cfg = p / "config.yaml"
         return found[-1][1], (run_cfg if run_cfg.is_file() else None)
     if not p.exists():
