@@ -315,7 +315,7 @@ class Trainer:
             if di.is_main:
                 log.info("run already finished (%d steps)", t.steps)
             return []
-        runlog.start(self.model, self.num_tokens, self.encoder.grid, dataset, self.start_step, notes)
+        runlog.start(self.model, self.num_tokens, self.model.grid, dataset, self.start_step, notes)
         tb = TensorBoardLog.open(run_dir, t.tensorboard, self.start_step) if di.is_main else None
         collate = MaskCollate(self.masker, self.num_tokens, cfg.masks.truncate_to_batch_min)
         loader = make_loader(dataset, collate, t.batch_size, di.rank, di.world_size, self.start_step, t.steps,
@@ -335,7 +335,7 @@ class Trainer:
                     break
                 step = batch.step
                 if tb is not None and step == self.start_step:
-                    tb.masks(batch, self.encoder.grid, cfg)
+                    tb.masks(batch, self.model.grid, cfg)
                 self.phase = f"step {step}"
                 out = self.train_step(batch, step)
                 if out is not None:
