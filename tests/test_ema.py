@@ -249,6 +249,9 @@ def test_bad_apply_flag_is_a_clear_error(backend):
             ema_update_(t, s, 0.9, apply=bad)
     with pytest.raises(ValueError, match="0-d bool"):
         ema_update_([], [], 0.9, apply=torch.ones(2, dtype=torch.bool))  # checked even with nothing to update
+    with pytest.raises(ValueError, match="on cpu but the targets on meta .tensor 1"):  # a list on two devices
+        ema_update_(t + [torch.randn(2, device="meta")], s + [torch.randn(2, device="meta")], 0.9,
+                    apply=torch.tensor(True))
 
 
 @pytest.mark.parametrize("backend", ["cpu"], indirect=True)

@@ -139,13 +139,15 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _check_apply(apply: torch.Tensor, targets: Sequence[torch.Tensor]) -> None:
+def _check_apply(apply: torch.Tensor, targets: Sequence[torch.Tensor], one_device: bool) -> None:
     if not isinstance(apply, torch.Tensor) or apply.dim() != 0 or apply.dtype is not torch.bool:
         got = f"{apply.dtype} tensor of shape {tuple(apply.shape)}" if isinstance(apply, torch.Tensor) else type(apply)
         raise ValueError(f"ema_update_: apply must be a 0-d bool tensor, got {got}")
-    if targets and apply.device != targets[0].device:
-        raise ValueError(f"ema_update_: apply on {apply.device} but the targets on {targets[0].device} "
-                         "(a flag on another device would need a copy)")
+    # one_device: _check found all targets on targets[0]'s device, so only the lists it turned away are walked
+    for i, t in enumerate(targets[:1] if one_device else targets):
+        if apply.device != t.device:
+            raise ValueError(f"ema_update_: apply on {apply.device} but the targets on {t.device} (tensor {i}); "
+                             "a flag on another device would need a copy")
 
 
 @torch.no_grad()
@@ -161,7 +163,7 @@ def ema_update_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]
     kernel_reason = _check(targets, sources, momentum)
     if apply is not None:
         apply = _local(apply)
-        _check_apply(apply, targets)
+        _check_apply(apply, targets, kernel_reason is None)
     if not targets:
         return
     EMA.choose((targets[0].device.type, kernel_reason)).run(targets, sources, momentum, apply)
