@@ -3,7 +3,8 @@
 Rows (group "ema", parametrized by source dtype and variant), each one update target <- m * target + (1 - m) * source
 over every parameter tensor of an encoder, m = 0.998 (the recipe's starting momentum):
 - `cuda` on a GPU / `cpu` on the CPU: `vjepa_fast.ops.ema_update_` with that backend forced (one multi-tensor
-  launch per source dtype / one parallel loop over chunks), called through the public function as training does;
+  launch per source dtype / one parallel loop over chunks), called through the public function;
+- `cuda-apply` / `cpu-apply`: the same with the device-side flag `apply` (true), as the training step calls it;
 - `foreach`: the best PyTorch-native alternative, `torch._foreach_lerp_(targets, sources, 1 - m)` written as a user
   would, with bf16 sources first cast to fp32 (lerp needs one dtype; the cast is part of its cost);
 - `reference` (the baseline): `ema_update_reference`, the original code's Python loop of mul_ / add_.
@@ -38,7 +39,8 @@ from vjepa_fast.ops import ema as E  # noqa: E402
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 FAST = "cuda" if CUDA else "cpu"  # the op's fast backend for this device
-VARIANTS = [FAST, "foreach", "reference"]
+FLAGGED = f"{FAST}-apply"
+VARIANTS = [FAST, FLAGGED, "foreach", "reference"]
 SOURCES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MOMENTUM = 0.998
 if CUDA:
@@ -80,6 +82,9 @@ def _update(variant: str):
         return foreach
     if variant == "reference":
         return lambda targets, sources: E.ema_update_reference(targets, sources, MOMENTUM)
+    if variant == FLAGGED:
+        apply = torch.tensor(True, device=DEVICE)
+        return lambda targets, sources: E.ema_update_(targets, sources, MOMENTUM, apply=apply)
     return lambda targets, sources: E.ema_update_(targets, sources, MOMENTUM)  # backend forced by the test
 
 
@@ -102,10 +107,11 @@ def _timed_target(call, calls: int):
 def test_bench_ema_update(benchmark, roofline, params, source, variant):
     targets, sources = params["targets"], params[source]
     update = _update(variant)
-    if variant == FAST:
+    forced = variant in (FAST, FLAGGED)
+    if forced:
         _backend.set_backend(E.OP, FAST)
     try:
-        backend = E.EMA.choose((DEVICE, E._check(targets, sources, MOMENTUM))).name if variant == FAST else variant
+        backend = E.EMA.choose((DEVICE, E._check(targets, sources, MOMENTUM))).name if forced else variant
 
         # One checked update on copies first: a fast wrong answer is no result. The tolerance allows for the
         # different roundings of lerp, FMA and separate multiply-add (a few ulp of the fp32 values).

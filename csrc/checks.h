@@ -63,8 +63,10 @@ inline void check_indexed_gather_backward_args(const at::Tensor& grad, const at:
   TORCH_CHECK_VALUE(num_src_rows >= 0, "indexed_gather_add_backward: num_src_rows must be >= 0, got ", num_src_rows);
 }
 
-// Same lengths, shapes and device; fp32 contiguous targets; fp32/bf16 contiguous sources.
-inline void check_ema_args(at::TensorList targets, at::TensorList sources, double momentum) {
+// Same lengths, shapes and device; fp32 contiguous targets; fp32/bf16 contiguous sources; `apply` (when given) a
+// 0-d bool tensor on the targets' device (on CPU for an empty list).
+inline void check_ema_args(at::TensorList targets, at::TensorList sources, double momentum,
+                           const std::optional<at::Tensor>& apply) {
   TORCH_CHECK_VALUE(targets.size() == sources.size(), "ema_update_: ", targets.size(), " targets but ",
                     sources.size(), " sources");
   TORCH_CHECK_VALUE(momentum >= 0.0 && momentum <= 1.0, "ema_update_: momentum must be in [0, 1], got ", momentum);
@@ -81,6 +83,12 @@ inline void check_ema_args(at::TensorList targets, at::TensorList sources, doubl
                       ": sources must be fp32 or bf16, got ", s.scalar_type());
     TORCH_CHECK_VALUE(t.is_contiguous() && s.is_contiguous(), "ema_update_: tensor ", i, ": must be contiguous");
   }
+  if (!apply.has_value()) return;
+  const at::Tensor& a = *apply;
+  TORCH_CHECK_VALUE(a.dim() == 0 && a.scalar_type() == at::kBool, "ema_update_: apply must be a 0-d bool tensor, got ",
+                    a.scalar_type(), " ", a.sizes());
+  const at::Device want = targets.empty() ? a.device() : targets[0].device();
+  TORCH_CHECK_VALUE(a.device() == want, "ema_update_: apply on ", a.device(), " but the targets on ", want);
 }
 
 }  // namespace vjepa_fast

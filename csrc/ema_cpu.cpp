@@ -40,8 +40,10 @@ void ema_bf16(float* __restrict__ t, const uint16_t* __restrict__ s, int64_t n, 
   for (int64_t i = 0; i < n; ++i) t[i] = wt * t[i] + ws * bf16_bits_to_float(s[i]);
 }
 
-void ema_update_cpu(at::TensorList targets, at::TensorList sources, double momentum) {
-  check_ema_args(targets, sources, momentum);
+void ema_update_cpu(at::TensorList targets, at::TensorList sources, double momentum,
+                    const std::optional<at::Tensor>& apply) {
+  check_ema_args(targets, sources, momentum, apply);
+  if (apply.has_value() && !*apply->const_data_ptr<bool>()) return;  // the step was skipped: read once, touch nothing
   const float wt = static_cast<float>(momentum);
   const float ws = static_cast<float>(1.0 - momentum);
   std::vector<Chunk> chunks;

@@ -37,8 +37,11 @@ struct Table {
 // on the GPU (nvcc contracts a + alpha * b), with fast-math off.
 __device__ __forceinline__ float ema(float t, float s, float wt, float ws) { return fmaf(ws, s, wt * t); }
 
+// apply: nullptr (always update) or the device flag; where it is false every block returns before touching memory.
 template <typename S, int VEC>
-__global__ void __launch_bounds__(kThreads) ema_kernel(Table table, int64_t total_chunks, float wt, float ws) {
+__global__ void __launch_bounds__(kThreads) ema_kernel(Table table, int64_t total_chunks, float wt, float ws,
+                                                       const bool* __restrict__ apply) {
+  if (apply != nullptr && !*apply) return;  // one load per block, the same address for all its threads
   using TP = Pack<float, VEC>;
   using SP = Pack<S, VEC>;
   const int64_t* starts = table.chunk_start();
@@ -79,7 +82,8 @@ __global__ void __launch_bounds__(kThreads) ema_kernel(Table table, int64_t tota
 
 // Updates targets[i] from sources[i] for the listed tensors, all with source element type S, in one launch.
 template <typename S>
-void launch_group(at::TensorList targets, at::TensorList sources, const std::vector<size_t>& ids, float wt, float ws) {
+void launch_group(at::TensorList targets, at::TensorList sources, const std::vector<size_t>& ids, float wt, float ws,
+                  const bool* apply) {
   constexpr int VEC = 16 / sizeof(S);
   const int T = static_cast<int>(ids.size());
   at::Tensor host = at::empty({5 * T + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
@@ -103,12 +107,14 @@ void launch_group(at::TensorList targets, at::TensorList sources, const std::vec
   at::Tensor table = host.to(targets[ids[0]].device(), at::kLong, /*non_blocking=*/true);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const unsigned int grid = static_cast<unsigned int>(grid_size(chunks));
-  ema_kernel<S, VEC><<<grid, kThreads, 0, stream>>>(Table{table.const_data_ptr<int64_t>(), T}, chunks, wt, ws);
+  ema_kernel<S, VEC><<<grid, kThreads, 0, stream>>>(Table{table.const_data_ptr<int64_t>(), T}, chunks, wt, ws,
+                                                     apply);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void ema_update_cuda(at::TensorList targets, at::TensorList sources, double momentum) {
-  check_ema_args(targets, sources, momentum);
+void ema_update_cuda(at::TensorList targets, at::TensorList sources, double momentum,
+                     const std::optional<at::Tensor>& apply) {
+  check_ema_args(targets, sources, momentum, apply);
   if (targets.empty()) return;
   const c10::cuda::CUDAGuard guard(targets[0].device());
   std::vector<size_t> f32, bf16;
@@ -118,8 +124,9 @@ void ema_update_cuda(at::TensorList targets, at::TensorList sources, double mome
   }
   const float wt = static_cast<float>(momentum);
   const float ws = static_cast<float>(1.0 - momentum);
-  if (!f32.empty()) launch_group<float>(targets, sources, f32, wt, ws);
-  if (!bf16.empty()) launch_group<__nv_bfloat16>(targets, sources, bf16, wt, ws);
+  const bool* flag = apply.has_value() ? apply->const_data_ptr<bool>() : nullptr;  // a device pointer: never read here
+  if (!f32.empty()) launch_group<float>(targets, sources, f32, wt, ws, flag);
+  if (!bf16.empty()) launch_group<__nv_bfloat16>(targets, sources, bf16, wt, ws, flag);
 }
 
 }  // namespace

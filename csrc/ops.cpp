@@ -19,5 +19,8 @@ TORCH_LIBRARY(vjepa_fast, m) {
   m.def("indexed_gather_add_backward(Tensor grad, Tensor src_rows, int num_src_rows, bool unique_rows) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   // targets[i] <- momentum * targets[i] + (1 - momentum) * sources[i], in place, fp32 targets, fp32/bf16 sources.
-  m.def("ema_update_(Tensor(a!)[] targets, Tensor[] sources, float momentum) -> ()", {at::Tag::pt2_compliant_tag});
+  // `apply`, when given, is a 0-d bool tensor on the targets' device: where it is false the targets are left
+  // bit-identical. It is read by the kernel, not the host, so a step can skip its update without a host sync.
+  m.def("ema_update_(Tensor(a!)[] targets, Tensor[] sources, float momentum, Tensor? apply=None) -> ()",
+        {at::Tag::pt2_compliant_tag});
 }

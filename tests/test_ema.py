@@ -194,3 +194,103 @@ def test_target_aliasing_its_source_keeps_it(backend):
     want = t.clone()
     ema_update_([t], [t], 0.9)
     torch.testing.assert_close(t, want, rtol=2 * torch.finfo(t.dtype).eps, atol=0)
+
+
+# ---- the device-side flag `apply`: true = the unflagged result to the bit, false = the targets untouched ----------
+
+def _flag_results(targets, sources, momentum, device="cpu"):
+    """(unflagged, apply=True, apply=False) results of ema_update_ on copies of `targets`."""
+    out = []
+    for apply in (None, True, False):
+        got = [t.clone() for t in targets]
+        flag = None if apply is None else torch.tensor(apply, device=device)
+        ema_update_(got, sources, momentum, apply=flag)
+        out.append(got)
+    return out
+
+
+def _assert_flag_semantics(targets, sources, momentum, device="cpu"):
+    plain, applied, skipped = _flag_results(targets, sources, momentum, device)
+    for i, (t, p, a, s) in enumerate(zip(targets, plain, applied, skipped)):
+        assert torch.equal(a, p), f"tensor {i}: apply=True differs from the unflagged call"
+        assert torch.equal(s, t), f"tensor {i}: apply=False changed the target"
+    changed = [not torch.equal(p, t) for p, t in zip(plain, targets)]
+    assert sum(changed) >= len(targets) // 2, "the update changed little: apply=False leaving it would prove nothing"
+
+
+@pytest.mark.parametrize("backend", ["cpu", "foreach", "reference"], indirect=True)
+@pytest.mark.parametrize("source_dtypes", [(torch.float32,), (torch.bfloat16,), (torch.float32, torch.bfloat16)],
+                         ids=["fp32", "bf16", "mixed"])
+@pytest.mark.parametrize("momentum", [0.998, 0.3])
+def test_apply_flag_is_bit_identical_or_a_no_op(backend, source_dtypes, momentum):
+    gen = torch.Generator().manual_seed(_seed(source_dtypes, momentum, "apply"))
+    targets, sources = _lists(source_dtypes, gen=gen)
+    _assert_flag_semantics(targets, sources, momentum)
+
+
+@pytest.mark.parametrize("backend", ["foreach", "reference"], indirect=True)
+@pytest.mark.parametrize("target_dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_apply_flag_on_other_target_dtypes(backend, target_dtype):
+    # The fallbacks' other paths: lerp with a tensor weight where it rounds like a float one (fp64), torch.where
+    # where it would not (bf16/fp16 targets compute in fp32 with a float weight).
+    gen = torch.Generator().manual_seed(_seed(target_dtype, "apply-dtypes"))
+    targets = [torch.randn(n, generator=gen).to(target_dtype) for n in (1, 37, 4099)]
+    sources = [torch.randn(n, generator=gen).to(src) for n, src in zip((1, 37, 4099), (target_dtype, torch.float32,
+                                                                                       torch.bfloat16))]
+    _assert_flag_semantics(targets, sources, 0.9)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "foreach", "reference"], indirect=True)
+def test_bad_apply_flag_is_a_clear_error(backend):
+    t, s = [torch.randn(3)], [torch.randn(3)]
+    for bad, what in [(torch.tensor([True]), "shape"), (torch.tensor(1.0), "float32"), (True, "class"),
+                      (torch.tensor(True, device="meta"), "on meta but the targets on cpu")]:
+        with pytest.raises(ValueError, match=f"apply.*{what}"):
+            ema_update_(t, s, 0.9, apply=bad)
+    with pytest.raises(ValueError, match="0-d bool"):
+        ema_update_([], [], 0.9, apply=torch.ones(2, dtype=torch.bool))  # checked even with nothing to update
+    with pytest.raises(ValueError, match="on cpu but the targets on meta .tensor 1"):  # a list on two devices
+        ema_update_(t + [torch.randn(2, device="meta")], s + [torch.randn(2, device="meta")], 0.9,
+                    apply=torch.tensor(True))
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+def test_op_checks_the_flag_itself(backend):
+    # Direct torch.ops calls skip the Python checks; the C++ side must still refuse a flag it would misread.
+    t, s = [torch.randn(3)], [torch.randn(3)]
+    with pytest.raises(ValueError, match="0-d bool"):
+        torch.ops.vjepa_fast.ema_update_(t, s, 0.9, torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="0-d bool"):
+        torch.ops.vjepa_fast.ema_update_(t, s, 0.9, torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("backend", ["cpu"], indirect=True)
+@pytest.mark.parametrize("apply", [True, False])
+def test_opcheck_with_flag(backend, apply):
+    targets, sources = _lists((torch.float32, torch.bfloat16), sizes=[(5,), (3, 4), (17,)])
+    torch.library.opcheck(torch.ops.vjepa_fast.ema_update_.default, (targets, sources, 0.9, torch.tensor(apply)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+@pytest.mark.parametrize("apply", [True, False])
+def test_cuda_apply_flag(backend, apply):
+    """Both flag values on the CUDA kernel (aligned and misaligned tensors, both dtype groups), with no host sync."""
+    gen = torch.Generator().manual_seed(_seed("cuda-apply", apply))
+    targets, sources = _lists((torch.float32, torch.bfloat16), device="cuda", gen=gen, sizes=SIZES + [(1000003,)])
+    targets.append(torch.randn(4099 + 1, device="cuda")[1:])  # a misaligned view: the scalar path
+    sources.append(torch.randn(4099, device="cuda").bfloat16())
+    _assert_flag_semantics(targets, sources, 0.998, device="cuda")
+    flag = torch.tensor(apply, device="cuda")
+    got = [t.clone() for t in targets]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ema_update_(got, sources, 0.998, apply=flag)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    want = _flag_results(targets, sources, 0.998, "cuda")[1 if apply else 2]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    torch.library.opcheck(torch.ops.vjepa_fast.ema_update_.default, (targets[:5], sources[:5], 0.9, flag))
+    with pytest.raises(ValueError, match="apply on cpu"):
+        ema_update_(targets, sources, 0.9, apply=torch.tensor(apply))

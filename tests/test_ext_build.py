@@ -15,7 +15,8 @@ SCHEMAS = {
                           "bool unique_rows=False) -> Tensor",
     "indexed_gather_add_backward": "vjepa_fast::indexed_gather_add_backward(Tensor grad, Tensor src_rows, "
                                    "int num_src_rows, bool unique_rows) -> Tensor",
-    "ema_update_": "vjepa_fast::ema_update_(Tensor(a!)[] targets, Tensor[] sources, float momentum) -> ()",
+    "ema_update_": "vjepa_fast::ema_update_(Tensor(a!)[] targets, Tensor[] sources, float momentum, "
+                   "Tensor? apply=None) -> ()",
 }
 
 needs_ext = pytest.mark.skipif(os.environ.get("VJEPA_FAST_NO_EXT") == "1",

@@ -4,12 +4,12 @@ import warnings
 import pytest
 import torch
 
-from vjepa_fast import train
+from vjepa_fast import _ext, ops, train
 from vjepa_fast.config import load_config
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader
-from vjepa_fast.ops.ema import ema_update_reference
+from vjepa_fast.ops import ema as ema_op
 from vjepa_fast.parallel import DistInfo
-from vjepa_fast.step_guard import finite_flag, guarded_ema_, guarded_optimizer_step, read_back
+from vjepa_fast.step_guard import finite_flag, guarded_optimizer_step, read_back
 
 SMALL = ["train.steps=8", "train.batch_size=2", "train.progress=false", "data.num_workers=0", "data.num_frames=4",
          "data.crop_size=64", "optim.warmup_steps=2"]
@@ -85,7 +85,7 @@ def test_masked_step_on_cuda_is_bit_identical_and_never_syncs():
         norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
         ok = finite_flag(torch.ones((), device="cuda"), norm)
         guarded_optimizer_step(opt, ok)
-        guarded_ema_(target, list(model.parameters()), 0.99, ok)
+        ops.ema_update_(target, list(model.parameters()), 0.99, apply=ok)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     after = _state(model, opt) + target
@@ -114,22 +114,6 @@ def test_finite_flag():
     assert bool(finite_flag(torch.tensor(1.0), torch.tensor(2.0)))
     assert not bool(finite_flag(torch.tensor(float("nan")), torch.tensor(2.0)))
     assert not bool(finite_flag(torch.tensor(1.0), torch.tensor(float("inf"))))
-
-
-def test_guarded_ema_matches_the_definition_and_leaves_targets_when_masked():
-    g = torch.Generator().manual_seed(7)
-    targets = [torch.randn(4, 3, generator=g), torch.randn(5, generator=g)]
-    sources = [torch.randn(4, 3, generator=g), torch.randn(5, generator=g).to(torch.bfloat16)]
-    before = [t.clone() for t in targets]
-    guarded_ema_(targets, sources, 0.9, torch.tensor(False))
-    assert all(torch.equal(a, b) for a, b in zip(targets, before))
-    expected = [t.clone() for t in targets]
-    ema_update_reference(expected, sources, 0.9)
-    guarded_ema_(targets, sources, 0.9, torch.tensor(True))
-    for a, b in zip(targets, expected):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="momentum"):
-        guarded_ema_(targets, sources, 1.5, torch.tensor(True))
 
 
 def test_read_back_converts_in_one_go():
@@ -176,9 +160,20 @@ def test_nan_step_in_training_equals_skipping_it(tmp_path, monkeypatch):
     skipping = _trainer(tmp_path / "b", extra)
     batches = _batches(guarded, 5)
     _poison(guarded, monkeypatch, {2})
+    flags, real_ema = [], ops.ema_update_
+
+    def ema_spy(targets, sources, momentum, apply=None):  # the step's EMA is the op itself, given the flag
+        flags.append(apply)
+        real_ema(targets, sources, momentum, apply=apply)
+
+    monkeypatch.setattr(ops, "ema_update_", ema_spy)
+    monkeypatch.setattr(ema_op.EMA, "chosen", {})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning yet: the step's numbers are not read back
         outs = [guarded.train_step(b, b.step) for b in batches]
+    assert [bool(f) for f in flags] == [True, True, False, True, True]
+    if _ext.load():  # fp32 targets and sources on the CPU: the C++ kernel ran, flag and all
+        assert {b.name for b in ema_op.EMA.chosen.values()} == {"cpu"}
     assert all(isinstance(o["loss"], torch.Tensor) for o in outs)  # still on the device, unread
     for b in batches:
         if b.step != 2:

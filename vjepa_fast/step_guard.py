@@ -10,8 +10,8 @@ device tensor and masks the update:
   included, it lives in the same kernel) and the step counter is incremented then taken back, so the state is
   bit-identical to a skipped step. Other optimizers run their step and are put back from a snapshot with
   torch.where (correct, at the cost of a copy of parameters and state);
-- `guarded_ema_(targets, sources, momentum, ok)`: the EMA as a lerp whose weight is (1 - momentum) where ok and
-  0 where not: lerp(t, s, 0) = t exactly, so a skipped step leaves the target encoder as it was.
+- the EMA takes the flag itself: `vjepa_fast.ops.ema_update_(..., apply=ok)` leaves the target encoder
+  bit-identical where ok is false, read by its kernels on the device (docs/kernels.md, "Fused EMA update").
 
 The numbers a log line needs (loss, gradient norm, the flag, data-error counts) are read back later in one go
 (`read_back`), on log and checkpoint steps only; the Trainer then warns about each skipped step and stops the run
@@ -58,26 +58,6 @@ def guarded_optimizer_step(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -
         for k, v in optimizer.state[p].items():
             if isinstance(v, torch.Tensor):  # state first created by this step goes back to its initial zeros
                 v.copy_(torch.where(ok.to(v.device), v, before[k] if before else torch.zeros_like(v)))
-
-
-@torch.no_grad()
-def guarded_ema_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float,
-                 ok: torch.Tensor) -> None:
-    """targets <- lerp(targets, sources, 1 - momentum) where ok, unchanged where not (one foreach launch)."""
-    if not targets:
-        return
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"guarded_ema_: momentum must be in [0, 1], got {momentum}")
-    # (1 - m) where ok, else 0, computed on the device: a CPU-made tensor would be a synchronising copy
-    weight = ok.to(targets[0].device, torch.float32) * (1.0 - momentum)
-    by_dtype: dict[torch.dtype, tuple[list, list]] = {}
-    for t, s in zip(targets, sources, strict=True):
-        ts, ss = by_dtype.setdefault(t.dtype, ([], []))
-        ts.append(t)
-        ss.append(s if s.dtype == t.dtype else s.to(t.dtype))
-    for dtype, (ts, ss) in by_dtype.items():
-        w = weight.to(dtype)
-        torch._foreach_lerp_(ts, ss, [w] * len(ts))
 
 
 def read_back(pending: Sequence[dict]) -> list[dict]:

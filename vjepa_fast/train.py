@@ -44,8 +44,7 @@ from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.rundir import ResumeDecision, RunDir, RunDirError
 from vjepa_fast.runlog import RunLog
 from vjepa_fast.schedules import Schedules
-from vjepa_fast.step_guard import (NonFiniteLossError, finite_flag, guarded_ema_, guarded_optimizer_step,
-                                   read_back)
+from vjepa_fast.step_guard import NonFiniteLossError, finite_flag, guarded_optimizer_step, read_back
 from vjepa_fast.tb_log import TensorBoardLog
 from vjepa_fast.weights import CheckpointFormatError, load_into, model_config
 
@@ -208,8 +207,8 @@ class Trainer:
         targets, sources = self.model.ema_pairs()
         if targets:
             with nvtx_range("ema"):
-                guarded_ema_([local_tensor(t) for t in targets], [local_tensor(s) for s in sources],
-                             sched["ema_momentum"], finite)
+                ops.ema_update_([local_tensor(t) for t in targets], [local_tensor(s) for s in sources],
+                                sched["ema_momentum"], apply=finite)  # a skipped step leaves the targets as they were
         # clips: every rank's batch has batch_size clips (broken samples are replaced), so no readback is needed
         out = {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
                "clips": batch.video.shape[0] * self.di.world_size, "finite": finite, "data_stats": stats[M:]}

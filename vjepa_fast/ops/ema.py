@@ -8,6 +8,10 @@ Backends, fastest first: `cuda` (one multi-tensor launch per source dtype, vjepa
 `foreach` (torch._foreach_lerp_), `reference` (a Python loop). The C++ kernels take fp32 contiguous targets and fp32
 or bf16 contiguous sources; other lists go to `foreach` when the choice is automatic, and are an error when a C++
 backend is forced.
+
+`apply`, optional, is a 0-d bool tensor on the targets' device: where it is false every backend leaves the targets
+bit-identical, where it is true the result is bit-identical to a call without it. The kernels read it on the device,
+so a training step can skip its update (a non-finite loss) without the host waiting for the GPU.
 """
 from __future__ import annotations
 
@@ -21,17 +25,45 @@ from vjepa_fast.ops import _backend
 OP = "ema"
 
 
-def ema_update_reference(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> None:
+def ema_update_reference(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float,
+                         apply: Optional[torch.Tensor] = None) -> None:
     """The definition, a Python loop as in the original V-JEPA code. Out of place, then copied: a target that
     aliases its source (or overlaps it) is read whole before it is written."""
     for t, s in zip(targets, sources):
-        t.copy_(t * momentum + s.to(t.dtype) * (1.0 - momentum))
+        new = t * momentum + s.to(t.dtype) * (1.0 - momentum)
+        t.copy_(new if apply is None else torch.where(apply, new, t))
 
 
-def _ema_foreach(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> None:
+# Target dtypes whose lerp computes in their own precision: a 0-d weight tensor of that dtype gives the same bits as
+# the Python-float weight. (bf16/fp16 targets compute in fp32 with a float weight but round a tensor weight to their
+# own dtype, so they take torch.where.)
+_OWN_OPMATH = (torch.float32, torch.float64)
+
+
+def _ema_foreach(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float,
+                 apply: Optional[torch.Tensor] = None) -> None:
     # lerp(t, s, w) = t + w * (s - t) = (1 - w) * t + w * s with w = 1 - m; sources are cast per dtype group.
     srcs = [s if s.dtype == t.dtype else s.to(t.dtype) for t, s in zip(targets, sources)]
-    torch._foreach_lerp_(list(targets), srcs, 1.0 - momentum)
+    if apply is None:
+        torch._foreach_lerp_(list(targets), srcs, 1.0 - momentum)
+        return
+    # With a flag: weight (1 - m) where apply, 0 where not, made on the device (lerp(t, s, 0) = t exactly).
+    weights: dict[torch.dtype, torch.Tensor] = {}
+    exact, exact_srcs, other, other_srcs = [], [], [], []
+    for t, s in zip(targets, srcs):
+        if t.dtype in _OWN_OPMATH:
+            exact.append(t)
+            exact_srcs.append(s)
+            if t.dtype not in weights:  # 1 * (1 - m) and 0 * (1 - m) are exact; no host value is copied over
+                weights[t.dtype] = apply.to(t.dtype) * (1.0 - momentum)
+        else:
+            other.append(t)
+            other_srcs.append(s)
+    if exact:
+        torch._foreach_lerp_(exact, exact_srcs, [weights[t.dtype] for t in exact])
+    if other:  # the unflagged computation out of place, then kept where apply
+        for t, new in zip(other, torch._foreach_lerp(other, other_srcs, 1.0 - momentum)):
+            t.copy_(torch.where(apply, new, t))
 
 
 # ---- the C++/CUDA op: a fake implementation so torch.compile can trace it (it mutates, returns nothing) -------------
@@ -41,7 +73,7 @@ def _register_op() -> bool:
         return False
 
     @torch.library.register_fake("vjepa_fast::ema_update_")
-    def _ema_fake(targets, sources, momentum):
+    def _ema_fake(targets, sources, momentum, apply=None):
         return None
 
     return True
@@ -88,8 +120,8 @@ def _kernel_reason(key, device: str) -> Optional[str]:
     return _ext.unavailable_reason(torch.device(device)) or key[1]
 
 
-def _run_kernel(targets, sources, momentum):
-    torch.ops.vjepa_fast.ema_update_(targets, sources, float(momentum))
+def _run_kernel(targets, sources, momentum, apply=None):
+    torch.ops.vjepa_fast.ema_update_(targets, sources, float(momentum), apply)
 
 
 EMA = _backend.Op(OP, _backend.Backend("cuda", _run_kernel, lambda key: _kernel_reason(key, "cuda")),
@@ -107,15 +139,31 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+def _check_apply(apply: torch.Tensor, targets: Sequence[torch.Tensor], one_device: bool) -> None:
+    if not isinstance(apply, torch.Tensor) or apply.dim() != 0 or apply.dtype is not torch.bool:
+        got = f"{apply.dtype} tensor of shape {tuple(apply.shape)}" if isinstance(apply, torch.Tensor) else type(apply)
+        raise ValueError(f"ema_update_: apply must be a 0-d bool tensor, got {got}")
+    # one_device: _check found all targets on targets[0]'s device, so only the lists it turned away are walked
+    for i, t in enumerate(targets[:1] if one_device else targets):
+        if apply.device != t.device:
+            raise ValueError(f"ema_update_: apply on {apply.device} but the targets on {t.device} (tensor {i}); "
+                             "a flag on another device would need a copy")
+
+
 @torch.no_grad()
-def ema_update_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float) -> None:
-    """In place: targets[i] = momentum * targets[i] + (1 - momentum) * sources[i].
+def ema_update_(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor], momentum: float,
+                apply: Optional[torch.Tensor] = None) -> None:
+    """In place: targets[i] = momentum * targets[i] + (1 - momentum) * sources[i]; where the 0-d bool device tensor
+    `apply` is given and false, nothing changes (decided on the device: no host sync).
 
     For FSDP2, pass local shards (DTensors are converted with .to_local()). The C++ kernels need every tensor on
     one device, fp32 targets, fp32/bf16 sources, all contiguous; the automatic choice falls back to foreach otherwise.
     """
     targets, sources = [_local(t) for t in targets], [_local(s) for s in sources]
     kernel_reason = _check(targets, sources, momentum)
+    if apply is not None:
+        apply = _local(apply)
+        _check_apply(apply, targets, kernel_reason is None)
     if not targets:
         return
-    EMA.choose((targets[0].device.type, kernel_reason)).run(targets, sources, momentum)
+    EMA.choose((targets[0].device.type, kernel_reason)).run(targets, sources, momentum, apply)
