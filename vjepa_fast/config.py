@@ -25,6 +25,9 @@ class ModelConfig:
     tubelet_size: int = 2
     pred_width: Optional[int] = None  # None: the size's default predictor
     pred_depth: Optional[int] = None
+    init: str = "reference"  # reference (the original's effective start) / depth_scaled (docs/recipe.md)
+    num_heads: Optional[int] = None  # None: the size's (set for checkpoints trained with other head counts)
+    pred_heads: Optional[int] = None  # None: the encoder's head count, as the original
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Config:
 METHODS = ("vjepa", "videomae")
 SIZES = ("tiny", "small", "base", "large", "huge", "giant")
 PRECISIONS = ("auto", "bf16", "fp32")
+INIT_SCHEMES = ("reference", "depth_scaled")
 OPS = ("gather", "attention", "dense_attention", "l1_loss", "ema")
 
 
@@ -246,6 +250,7 @@ def validate(cfg: Config) -> None:
     for name in ("patch_size", "tubelet_size"):
         if getattr(m, name) < 1:
             raise ConfigError(f"model.{name}: must be >= 1")
+    _validate_heads(m)
     if d.crop_size < 1 or d.crop_size % m.patch_size:
         raise ConfigError(f"data.crop_size: {d.crop_size} is not divisible by model.patch_size {m.patch_size}")
     if d.num_frames < 1 or d.num_frames % m.tubelet_size:
@@ -309,6 +314,22 @@ def validate(cfg: Config) -> None:
     for op, name in cfg.backends.items():
         if op not in OPS:
             raise ConfigError(f"backends.{op}: unknown op (one of {', '.join(OPS)})")
+
+
+def _validate_heads(m: ModelConfig) -> None:
+    if m.init not in INIT_SCHEMES:
+        raise ConfigError(f"model.init: must be one of {INIT_SCHEMES}, got {m.init!r}")
+    if m.num_heads is None and m.pred_heads is None:
+        return
+    from vjepa_fast.models.predictor import PREDICTOR_DEFAULTS
+    from vjepa_fast.models.vit import VIT_SIZES
+
+    enc_heads = m.num_heads or VIT_SIZES[m.size]["num_heads"]
+    for key, heads, width in (("num_heads", enc_heads, VIT_SIZES[m.size]["embed_dim"]),
+                              ("pred_heads", m.pred_heads or enc_heads,
+                               m.pred_width or PREDICTOR_DEFAULTS[m.size]["pred_dim"])):
+        if heads < 1 or width % heads:
+            raise ConfigError(f"model.{key}: {heads} heads do not divide width {width}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -11,8 +11,9 @@ def build_encoder(cfg: Config) -> nn.Module:
     from vjepa_fast.models.vit import VisionTransformer
 
     m, d = cfg.model, cfg.data
+    heads = {} if m.num_heads is None else {"num_heads": m.num_heads}
     return VisionTransformer(size=m.size, img_size=d.crop_size, num_frames=d.num_frames, patch_size=m.patch_size,
-                             tubelet_size=m.tubelet_size)
+                             tubelet_size=m.tubelet_size, init=m.init, **heads)
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -29,9 +30,10 @@ def build_model(cfg: Config) -> nn.Module:
         embed_dim=encoder.embed_dim,
         pred_dim=cfg.model.pred_width or defaults["pred_dim"],
         depth=cfg.model.pred_depth or defaults["depth"],
-        num_heads=defaults.get("num_heads", encoder.num_heads),
+        num_heads=cfg.model.pred_heads or encoder.num_heads,
         grid=encoder.grid,
         num_mask_tokens=2,
+        init=cfg.model.init,
     )
     return VJEPA(encoder, predictor)
 
