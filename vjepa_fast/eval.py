@@ -273,7 +273,8 @@ def build_splits(cfg: Config, e: EvalConfig) -> tuple[Split, Split, int, str]:
         if e.val_path is not None:
             raise ConfigError("--val-path: applies to real data (data.path=synthetic has its own validation range)")
         label = e.label or "appearance"
-        videos = SyntheticVideos(num_frames=d.num_frames, size=d.crop_size, length=None, seed=seed)
+        videos = SyntheticVideos(num_frames=d.num_frames, size=d.crop_size, length=None, seed=seed,
+                                 frame_step=d.frame_step)
         n_train = e.train_samples or SYNTHETIC_DEFAULT_SAMPLES[0]
         n_val = e.val_samples or SYNTHETIC_DEFAULT_SAMPLES[1]
         classes = videos.num_appearance_classes if label == "appearance" else videos.num_motion_classes
