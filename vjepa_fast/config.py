@@ -98,6 +98,7 @@ class TrainConfig:
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3
+    collapse_std: float = 0.01  # warn once when the target features' std across tokens falls under this (0: never)
 
 
 @dataclass
@@ -291,6 +292,8 @@ def validate(cfg: Config) -> None:
     for name in ("log_every", "ckpt_every", "keep_checkpoints", "max_nonfinite", "profile_steps"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name}: must be >= 1")
+    if not 0.0 <= t.collapse_std < float("inf"):
+        raise ConfigError(f"train.collapse_std: must be >= 0, got {t.collapse_std}")
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision: must be one of {PRECISIONS}, got {t.precision!r}")
     if o.warmup_steps < 0:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from vjepa_fast import checkpoint, ops
+from vjepa_fast.collapse import CollapseWatch
 from vjepa_fast.config import Config, ConfigError, load_config, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, build_dataset, make_loader
 from vjepa_fast.flops import device_peak_flops
@@ -111,6 +112,7 @@ class Trainer:
         self.peak = device_peak_flops(self.device, t.peak_tflops)
         self.start_step, self.data_errors, self.data_attempts = 0, 0, 0
         self.nonfinite_in_a_row = 0
+        self.collapse = CollapseWatch(t.collapse_std)
 
     # ---- resume -----------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -195,7 +197,7 @@ class Trainer:
                                 sched["ema_momentum"])
         self.nonfinite_in_a_row = 0
         return {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
-                "clips": int(stats[M + 1])}
+                "clips": int(stats[M + 1]), "feature_stats": getattr(self.model, "feature_stats", None)}
 
     def skip(self, step: int, why: str) -> None:
         """Drop this step's update; stop the run when it keeps happening."""
@@ -277,7 +279,8 @@ class Trainer:
         return {"step": out["step"], "loss": out["loss"], "lr": out["lr"], "wd": out["wd"],
                 "ema_momentum": out["ema_momentum"], "grad_norm": out["grad_norm"],
                 "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.num_tokens, "mfu": mfu,
-                "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors}
+                "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors,
+                **self.collapse.fields(out["feature_stats"], out["step"])}
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str]]:

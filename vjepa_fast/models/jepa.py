@@ -9,6 +9,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from vjepa_fast.collapse import token_std
 from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.ops import l1_target_loss
@@ -23,6 +24,7 @@ class VJEPA(nn.Module):
         self.target_encoder = copy.deepcopy(encoder)
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
+        self.feature_stats: torch.Tensor | None = None  # [target std, prediction std] of the last step (collapse.py)
 
     @property
     def loss_width(self) -> int:
@@ -56,5 +58,6 @@ class VJEPA(nn.Module):
             ctx = self.encoder(video, rows=masks.ctx_rows, cu_seqlens=masks.ctx_cu, max_seqlen=masks.ctx_max)
         with nvtx_range("predictor"):
             z = self.predictor(ctx, masks)  # [Rt, D]
+        self.feature_stats = torch.stack([token_std(h), token_std(z.detach())])  # stays on the device
         with nvtx_range("loss"):
             return l1_target_loss(z, h, masks.tgt_rows, row_weight)
