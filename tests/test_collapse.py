@@ -20,6 +20,9 @@ def test_token_std_is_the_per_channel_std_across_tokens_averaged():
     expect = sum(x[:, c].std().item() for c in range(7)) / 7
     assert abs(token_std(x).item() - expect) < 1e-5
     assert token_std(torch.ones(10, 3) * torch.randn(3)).item() == 0.0  # every token the same vector
+    # Batched: the spread within each clip, averaged over clips; one vector per clip is a collapse.
+    per_clip = torch.randn(4, 1, 3).expand(4, 10, 3)
+    assert token_std(per_clip).item() == 0.0 and token_std(per_clip.reshape(40, 3)).item() > 0.1
 
 
 def _run(tmp_path, extra=()):
@@ -43,7 +46,7 @@ def test_metrics_carry_the_spreads_and_a_low_spread_warns_once(tmp_path):
     model = trainer.model
     video = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
-        h = model.target_encoder(video).reshape(-1, model.encoder.embed_dim)
+        h = model.target_encoder(video)  # [B, N, D]
     masker = build_masker(trainer.cfg, model.encoder.grid)
     pm = pack_masks(masker.sample(0, [0, 1]), model.encoder.num_tokens)
     with torch.no_grad():

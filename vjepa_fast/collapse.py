@@ -1,9 +1,11 @@
 """The collapse watch: the spread of the target features and of the predictions across tokens, per logged step.
 
 A JEPA collapses when its encoder maps every token to the same vector: the loss can then fall while the features carry
-nothing. The model stashes, each step, the standard deviation across tokens of its target features and of its
-predictions (per channel, averaged over channels) as one small detached device tensor (`feature_stats`); the trainer
-reads it only on logged steps, so the watch adds no host synchronisation to the other steps.
+nothing. A partial collapse keeps one vector per clip (the clip's background, say) and loses what differs between the
+tokens of a clip (where the object is, how it moves), which a spread over the whole batch hides: so `target_std` is
+the spread across the tokens of each clip, averaged over clips, and `pred_std` the spread across all predicted rows.
+Both are per channel, averaged over channels. The model stashes them each step as one small detached device tensor
+(`feature_stats`); the trainer reads it only on logged steps, so the watch adds no host synchronisation to the others.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import torch
 
 @torch.no_grad()
 def token_std(x: torch.Tensor) -> torch.Tensor:
-    """x [tokens, channels] -> the standard deviation across tokens, averaged over channels (fp32, on x's device)."""
-    return x.float().std(dim=0).mean()
+    """x [..., tokens, channels] -> the standard deviation across tokens, averaged over channels and any leading
+    dimension (fp32, on x's device)."""
+    return x.float().std(dim=-2).mean()
 
 
 class CollapseWatch:
@@ -33,6 +36,6 @@ class CollapseWatch:
         target_std, pred_std = (float(v) for v in stats.tolist())
         if not self.warned and target_std < self.threshold:
             self.warned = True
-            warnings.warn(f"step {step}: target features' std across tokens is {target_std:.4g}, under "
+            warnings.warn(f"step {step}: target features' std across the tokens of a clip is {target_std:.4g}, under "
                           f"train.collapse_std={self.threshold}: the representation may be collapsing")
         return {"target_std": target_std, "pred_std": pred_std}

@@ -53,11 +53,12 @@ class VJEPA(nn.Module):
         """Returns the weighted L1 loss (a scalar); `row_weight` [Rt] carries the per-mask averaging."""
         with torch.no_grad(), nvtx_range("target"):
             h = self.target_encoder(video)  # [B, N, D], after the final norm
+            target_std = token_std(h)  # within each clip (collapse.py)
             h = h.reshape(-1, h.shape[-1])
         with nvtx_range("context"):
             ctx = self.encoder(video, rows=masks.ctx_rows, cu_seqlens=masks.ctx_cu, max_seqlen=masks.ctx_max)
         with nvtx_range("predictor"):
             z = self.predictor(ctx, masks)  # [Rt, D]
-        self.feature_stats = torch.stack([token_std(h), token_std(z.detach())])  # stays on the device
+        self.feature_stats = torch.stack([target_std, token_std(z.detach())])  # stays on the device
         with nvtx_range("loss"):
             return l1_target_loss(z, h, masks.tgt_rows, row_weight)
