@@ -36,8 +36,8 @@ PRESETS = {
 }
 METHODS = ("vjepa", "videomae")
 LABELS = ("motion", "appearance")
-CALIBRATION_STEPS = 8  # the first CALIBRATION_WARMUP carry start-up costs and are not counted
-CALIBRATION_WARMUP = 2
+CALIBRATION_STEPS = 12  # the first CALIBRATION_WARMUP carry start-up costs and are not counted
+CALIBRATION_WARMUP = 4
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
