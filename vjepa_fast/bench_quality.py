@@ -7,6 +7,8 @@ appearance labels, with several probe seeds; writes DIR/quality.json, DIR/qualit
 
 The budget is met by timing a few calibration steps of each method first and then running as many steps as fit in
 the budget (the schedules then span the run, as in any run), so each method gets the same time, not the same steps.
+The methods are calibrated in turn, twice, and each keeps its faster estimate, so a load spike on a shared machine
+during one calibration does not cut that method's steps.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ METHODS = ("vjepa", "videomae")
 LABELS = ("motion", "appearance")
 CALIBRATION_STEPS = 12  # the first CALIBRATION_WARMUP carry start-up costs and are not counted
 CALIBRATION_WARMUP = 4
+CALIBRATION_ROUNDS = 2
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -76,10 +79,9 @@ def seconds_per_step(method: str, out: Path, overrides: list[str], di: DistInfo)
     return statistics.median(cfg.train.batch_size / r["clips_per_s"] for r in rows)
 
 
-def pretrain(method: str, minutes: float, out: Path, overrides: list[str], di: DistInfo) -> dict:
+def pretrain(method: str, per_step: float, minutes: float, out: Path, overrides: list[str], di: DistInfo) -> dict:
     from vjepa_fast.train import Trainer
 
-    per_step = seconds_per_step(method, out, overrides, di)
     steps = max(1, int(minutes * 60 / per_step))
     run_dir = out / method
     log.info("%s: %.3f s/step calibrated -> %d steps in %.1f minutes", method, per_step, steps, minutes)
@@ -156,8 +158,12 @@ def run(a: argparse.Namespace) -> dict:
     di = DistInfo(0, 1, 0, device)
     t0 = time.perf_counter()
     encoders: dict[str, dict] = {}
+    per_step = {m: float("inf") for m in METHODS}
+    for _ in range(CALIBRATION_ROUNDS):  # in turn, so both see the machine at about the same times
+        for m in METHODS:
+            per_step[m] = min(per_step[m], seconds_per_step(m, out, overrides, di))
     for method in METHODS:
-        run_info = pretrain(method, minutes, out, overrides, di)
+        run_info = pretrain(method, per_step[method], minutes, out, overrides, di)
         cfg = load_config(str(Path(run_info["run_dir"]) / "config.yaml"))
         ckpt_file, _ = ev.resolve_checkpoint(run_info["run_dir"])
         encoders[method] = {**run_info, **{label: probe(cfg, ckpt_file, label, a, preset) for label in LABELS}}
