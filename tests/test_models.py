@@ -138,16 +138,20 @@ def _check_trunc(w, scale):
     assert w.abs().max().item() <= INIT_TRUNC * 0.02 * scale * (1 + 1e-6)
 
 
-def test_init_statistics():
+@pytest.mark.parametrize("scheme", ["reference", "depth_scaled"])
+def test_init_statistics(scheme):
+    # reference: every Linear / Conv3d weight at std 0.02 (the original training script re-draws every Linear after
+    # building the models); depth_scaled: block i's attn.proj / mlp.fc2 at 0.02 / sqrt(2 i), the constructors' init.
     torch.manual_seed(1)
-    enc = VisionTransformer("tiny", img_size=32, num_frames=4)
-    pred = Predictor(96, pred_dim=96, depth=3, num_heads=4, grid=enc.grid)
+    enc = VisionTransformer("tiny", img_size=32, num_frames=4, init=scheme)
+    pred = Predictor(96, pred_dim=96, depth=3, num_heads=4, grid=enc.grid, init=scheme)
     for blocks in (enc.blocks, pred.predictor_blocks):
         for i, blk in enumerate(blocks, start=1):
+            down = 1 / math.sqrt(2 * i) if scheme == "depth_scaled" else 1.0
             _check_trunc(blk.attn.qkv.weight, 1.0)
             _check_trunc(blk.mlp.fc1.weight, 1.0)
-            _check_trunc(blk.attn.proj.weight, 1 / math.sqrt(2 * i))
-            _check_trunc(blk.mlp.fc2.weight, 1 / math.sqrt(2 * i))
+            _check_trunc(blk.attn.proj.weight, down)
+            _check_trunc(blk.mlp.fc2.weight, down)
     _check_trunc(enc.patch_embed.proj.weight, 1.0)
     _check_trunc(pred.predictor_embed.weight, 1.0)
     _check_trunc(pred.predictor_proj.weight, 1.0)
@@ -161,6 +165,65 @@ def test_init_statistics():
         assert tuple(tok.shape) == (1, 1, 96) and torch.count_nonzero(tok) == 0 and tok.requires_grad
     assert torch.equal(enc.pos_embed[0], sincos_3d(enc.grid, 96))
     assert torch.equal(pred.predictor_pos_embed[0], sincos_3d(enc.grid, 96))
+
+
+def test_default_init_is_the_reference_one_and_the_config_key_selects():
+    from vjepa_fast.config import ConfigError, load_config
+    from vjepa_fast.models.build import build_model
+
+    small = ["data.num_frames=4", "data.crop_size=32"]
+    for scheme in ("reference", "depth_scaled"):
+        torch.manual_seed(0)
+        model = build_model(load_config(None, small + ([f"model.init={scheme}"] if scheme != "reference" else [])))
+        # Block i (from 1) is down-scaled by sqrt(2 i) under depth_scaled only.
+        down = (lambda i: 1 / math.sqrt(2 * i)) if scheme == "depth_scaled" else (lambda i: 1.0)
+        for w in (model.encoder.blocks[3].attn.proj.weight, model.encoder.blocks[3].mlp.fc2.weight):
+            _check_trunc(w, down(4))
+        _check_trunc(model.predictor.predictor_blocks[1].mlp.fc2.weight, down(2))
+    with pytest.raises(ConfigError, match="model.init"):
+        load_config(None, ["model.init=xavier"])
+    with pytest.raises(ValueError, match="init scheme"):
+        VisionTransformer("tiny", img_size=32, num_frames=4, init="xavier")
+
+
+# The original V-JEPA code's ViT definitions (width, depth, heads, MLP ratio) and its pretraining predictor (width
+# 384, depth 12, the encoder's head count), written out here independently of VIT_SIZES.
+ORIGINAL_SIZES = {
+    "small": (384, 12, 6, 4.0), "base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0),
+    "huge": (1280, 32, 16, 4.0), "giant": (1408, 40, 16, 48 / 11),
+}
+
+
+@pytest.mark.parametrize("size", sorted(ORIGINAL_SIZES))
+def test_size_tables_match_the_original(size):
+    width, depth, heads, ratio = ORIGINAL_SIZES[size]
+    with torch.device("meta"):
+        enc = VisionTransformer(size)
+        pred = build_predictor(size, enc.embed_dim, enc.grid)
+    assert (enc.embed_dim, len(enc.blocks), enc.num_heads) == (width, depth, heads)
+    assert enc.blocks[0].attn.head_dim * heads == width
+    assert enc.blocks[0].mlp.fc1.out_features == round(width * ratio)
+    assert (pred.pred_dim, len(pred.predictor_blocks), pred.num_heads) == (384, 12, heads)
+    assert pred.predictor_blocks[0].attn.head_dim == 384 // heads
+    assert pred.predictor_blocks[0].mlp.fc1.out_features == 4 * 384
+
+
+def test_giant_has_16_heads_and_head_counts_can_be_set():
+    from vjepa_fast.config import ConfigError, load_config
+    from vjepa_fast.models.build import build_model
+
+    assert VIT_SIZES["giant"]["num_heads"] == 16 and 1408 // 16 == 88
+    with torch.device("meta"):
+        model = build_model(load_config(None, ["model.size=giant"]))
+    assert model.encoder.blocks[0].attn.head_dim == 88 and model.predictor.num_heads == 16
+    # V-JEPA 2's ViT-g checkpoints were trained with 22 encoder heads and a 12-head predictor.
+    with torch.device("meta"):
+        model = build_model(load_config(None, ["model.size=giant", "model.num_heads=22", "model.pred_num_heads=12"]))
+    assert model.encoder.num_heads == 22 and model.predictor.num_heads == 12
+    with pytest.raises(ConfigError, match="model.pred_num_heads: width 48 is not a positive multiple of the 7 heads"):
+        load_config(None, ["model.pred_num_heads=7"])
+    with pytest.raises(ConfigError, match="model.num_heads"):
+        load_config(None, ["model.num_heads=5"])
 
 
 # ---------------------------------------------------------------- encoder: packed == per-sequence

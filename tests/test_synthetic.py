@@ -125,6 +125,7 @@ def test_index_checks():
         ({"seed": -3}, "seed"),
         ({"num_shapes": 0}, "num_shapes"),
         ({"normalize": 1}, "normalize"),
+        ({"frame_step": 0}, "frame_step"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -169,6 +170,35 @@ def test_motion_label_matches_rendered_motion(seed):
         assert min(abs(angle - 45 * spec.motion), 360 - abs(angle - 45 * spec.motion)) < 1, (i, angle)
         assert abs(d.norm() - spec.speed * (t - 1)) < 0.3, i
     assert len(seen) >= 6
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_frame_step_samples_a_longer_video(seed, k):
+    # Frame step k: the clip is frames 0, k, 2k, ... of its video, the same video that step 1 renders at full rate.
+    t, size = 5, 48
+    sparse = SyntheticVideos(num_frames=t, size=size, length=None, seed=seed, frame_step=k)
+    dense = SyntheticVideos(num_frames=(t - 1) * k + 1, size=size, length=None, seed=seed)
+    for i in range(12):
+        a, b = sparse.clip(i), dense.clip(i)
+        assert (a.shape, a.color, a.motion, a.speed) == (b.shape, b.color, b.motion, b.speed)
+        torch.testing.assert_close(a.centers, b.centers[::k], atol=1e-4, rtol=0)
+        assert torch.equal(sparse.frames(i), dense.frames(i)[::k]), i
+        if a.motion != S.STATIC and a.speed > 0:
+            step = (a.centers[1:] - a.centers[:-1]).norm(dim=-1)
+            bounced = (step < 0.999 * k * a.speed).sum()  # a bounce shortens one step; most steps are k * speed
+            assert bounced <= 1 and step.max() <= k * a.speed * (1 + 1e-4), (i, step, a.speed)
+    assert "frame_step=4" in repr(SyntheticVideos(num_frames=2, size=16, frame_step=4))
+
+
+def test_training_and_eval_data_honour_frame_step(tmp_path):
+    from vjepa_fast import eval as ev
+    from vjepa_fast.config import load_config
+    from vjepa_fast.data.loader import build_dataset
+
+    cfg = load_config(None, ["data.frame_step=3", "data.crop_size=32", "data.num_frames=4"])
+    assert build_dataset(cfg.data, cfg.train.seed).frame_step == 3
+    train, val, _, _ = ev.build_splits(cfg, ev.EvalConfig(train_samples=2, val_samples=2))
+    assert train.dataset.videos.frame_step == 3 and val.dataset.videos.frame_step == 3
 
 
 def test_objects_bounce_and_stay_inside(seed):

@@ -31,6 +31,7 @@ class ModelConfig:
     tubelet_size: int = 2  # frames per token (temporal patch)
     pred_width: Optional[int] = None  # predictor (VideoMAE: decoder) width; null: the size's default
     pred_depth: Optional[int] = None  # predictor (VideoMAE: decoder) depth; null: the size's default
+    init: str = "reference"  # reference (the original's effective start) / depth_scaled (docs/recipe.md)
     pos_embed: str = "sincos"  # sincos (3D table, V-JEPA) / sincos_1d (VideoMAE's) / rope (3D rotary, V-JEPA 2)
     num_heads: Optional[int] = None  # encoder attention heads; null: the size's head count
     pred_num_heads: Optional[int] = None  # predictor (VideoMAE: decoder) heads; null: the size's default
@@ -106,6 +107,7 @@ class TrainConfig:
     nvtx: bool = False  # NVTX ranges around the step's phases (for Nsight Systems)
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3  # steps traced when train.profile is on
+    collapse_std: float = 0.05  # warn once when the target features' spread within a clip falls under this (0: never)
     tensorboard: str = "auto"  # TensorBoard event files in <run_dir>/tb: auto (on when installed) / true / false
     plots: bool = True  # a finished run draws <run_dir>/plots/ (curves, masks) when matplotlib is installed
     float8: bool = False  # float8 matmuls in the transformer linears (torchao, vjepa_fast/float8.py)
@@ -373,7 +375,17 @@ def _predictor_heads(cfg: Config) -> int:
         return DECODER_DEFAULTS[cfg.model.size]["num_heads"]
     from vjepa_fast.models.predictor import PREDICTOR_DEFAULTS
 
-    return PREDICTOR_DEFAULTS[cfg.model.size]["num_heads"]
+    return cfg.model.num_heads or PREDICTOR_DEFAULTS[cfg.model.size]["num_heads"]  # the encoder's, as the original
+
+
+def _predictor_width(cfg: Config) -> int:
+    if cfg.method == "videomae":
+        from vjepa_fast.models.videomae import DECODER_DEFAULTS
+
+        return DECODER_DEFAULTS[cfg.model.size]["dim"]
+    from vjepa_fast.models.predictor import PREDICTOR_DEFAULTS
+
+    return PREDICTOR_DEFAULTS[cfg.model.size]["pred_dim"]
 
 
 def _check_model(cfg: Config) -> None:
@@ -393,12 +405,17 @@ def _check_model(cfg: Config) -> None:
     for name in ("num_heads", "pred_num_heads"):
         _require(getattr(m, name) is None or getattr(m, name) >= 1, f"model.{name}",
                  f"must be >= 1, got {getattr(m, name)}")
+    from vjepa_fast.models.vit import INIT_SCHEMES, VIT_SIZES
+
+    _require(m.init in INIT_SCHEMES, "model.init", f"must be one of {', '.join(INIT_SCHEMES)}, got {m.init!r}")
+    width = VIT_SIZES[m.size]["embed_dim"]
+    _require(m.num_heads is None or width % m.num_heads == 0, "model.num_heads",
+             f"{m.num_heads} heads do not divide the {m.size} encoder's width {width}")
     _require(m.pred_mask_tokens >= 1, "model.pred_mask_tokens", f"must be >= 1, got {m.pred_mask_tokens}")
-    if m.pred_width is not None:
-        heads = _predictor_heads(cfg)
-        _require(m.pred_width >= 1 and m.pred_width % heads == 0, "model.pred_width",
-                 f"{m.pred_width} is not a positive multiple of the {heads} heads of the {m.size} "
-                 + ("decoder" if cfg.method == "videomae" else "predictor"))
+    heads, width = _predictor_heads(cfg), m.pred_width or _predictor_width(cfg)
+    _require(width >= 1 and width % heads == 0, "model.pred_width" if m.pred_width else "model.pred_num_heads",
+             f"width {width} is not a positive multiple of the {heads} heads of the {m.size} "
+             + ("decoder" if cfg.method == "videomae" else "predictor"))
 
 
 def _check_masks(cfg: Config) -> None:
@@ -461,6 +478,7 @@ def _check_train(cfg: Config) -> None:
         _require(getattr(t, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
     _require(t.precision in PRECISIONS, "train.precision",
              f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    _require(t.collapse_std >= 0, "train.collapse_std", f"must be >= 0, got {t.collapse_std}")
     _require(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", f"must be > 0, got {t.peak_tflops}")
     _require(t.tensorboard in ("auto", "true", "false"), "train.tensorboard",
              f"must be auto, true or false, got {t.tensorboard!r}")

@@ -77,6 +77,9 @@ class EvalConfig:
     seed: int = 0
     device: Optional[str] = None  # default: cuda when available
     out: Optional[str] = None  # JSON result file
+    labels_per_class: Optional[int] = None  # low-shot: train on this many labelled clips per class
+    label_fraction: Optional[float] = None  # low-shot: train on this fraction of each class's clips
+    seeds: int = 1  # probes trained (seeds seed .. seed + seeds - 1: probe init, shuffling, low-shot subset)
 
 
 def validate_eval(e: EvalConfig) -> None:
@@ -100,6 +103,14 @@ def validate_eval(e: EvalConfig) -> None:
             raise ConfigError(f"--device: not a device, got {e.device!r} (e.g. cpu, cuda, cuda:1)") from None
     if not 0 <= e.seed < 2**63:
         raise ConfigError(f"--seed: must be in [0, 2**63), got {e.seed}")
+    if e.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {e.seeds}")
+    if e.labels_per_class is not None and e.label_fraction is not None:
+        raise ConfigError("--labels-per-class: give either it or --label-fraction, not both")
+    if e.labels_per_class is not None and e.labels_per_class < 1:
+        raise ConfigError(f"--labels-per-class: must be >= 1, got {e.labels_per_class}")
+    if e.label_fraction is not None and not 0 < e.label_fraction <= 1:
+        raise ConfigError(f"--label-fraction: must be in (0, 1], got {e.label_fraction}")
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], EvalConfig]:
@@ -113,7 +124,8 @@ def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], Eva
     for name, typ in (("epochs", int), ("lr", float), ("weight_decay", float), ("batch_size", int),
                       ("train_samples", int), ("val_samples", int), ("val_path", str), ("spatial_views", int),
                       ("num_classes", int), ("probe_depth", int), ("probe_heads", int), ("seed", int),
-                      ("device", str), ("out", str)):
+                      ("device", str), ("out", str), ("labels_per_class", int), ("label_fraction", float),
+                      ("seeds", int)):
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=getattr(d, name))
     p.add_argument("overrides", nargs="*", help="dotted model/data overrides, e.g. data.num_workers=0")
     a = p.parse_intermixed_args(argv)
@@ -166,18 +178,26 @@ class Split:
 
 
 class SyntheticSplit(Dataset):
-    """Clips start ... start + n - 1 of the synthetic stream with one of its labels."""
+    """Clips `indices` of the synthetic stream with one of its labels."""
 
-    def __init__(self, videos, start: int, n: int, label: str):
-        self.videos, self.start, self.n = videos, start, n
+    def __init__(self, videos, indices: np.ndarray, label: str):
+        self.videos, self.indices, self.label = videos, np.asarray(indices, dtype=np.int64), label
         self.key = "label" if label == "appearance" else "motion"
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.indices)
 
     def __getitem__(self, i: int):
-        s = self.videos[self.start + i]
+        s = self.videos[int(self.indices[i])]
         return s["video"], int(s[self.key]), None
+
+    def labels(self) -> np.ndarray:
+        """The label of every clip, from the clip descriptions alone (nothing is rendered)."""
+        specs = (self.videos.clip(int(i)) for i in self.indices)
+        return np.array([s.appearance if self.label == "appearance" else s.motion for s in specs], dtype=np.int64)
+
+    def restricted(self, keep: np.ndarray) -> "SyntheticSplit":
+        return SyntheticSplit(self.videos, self.indices[keep], self.label)
 
 
 class VideoSplit(Dataset):
@@ -188,6 +208,12 @@ class VideoSplit(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def labels(self) -> np.ndarray:
+        return _labels_of(self.dataset)[self.indices]
+
+    def restricted(self, keep: np.ndarray) -> "VideoSplit":
+        return VideoSplit(self.dataset, self.indices[keep], self.train)
 
     def __getitem__(self, i: int):
         idx = int(self.indices[i])
@@ -232,12 +258,13 @@ def build_splits(cfg: Config, e: EvalConfig) -> tuple[Split, Split, int, str]:
         if e.val_path is not None:
             raise ConfigError("--val-path: applies to real data (data.path=synthetic has its own validation range)")
         label = e.label or "appearance"
-        videos = SyntheticVideos(num_frames=d.num_frames, size=d.crop_size, length=None, seed=seed)
+        videos = SyntheticVideos(num_frames=d.num_frames, size=d.crop_size, length=None, seed=seed,
+                                 frame_step=d.frame_step)
         n_train = e.train_samples or SYNTHETIC_DEFAULT_SAMPLES[0]
         n_val = e.val_samples or SYNTHETIC_DEFAULT_SAMPLES[1]
         classes = videos.num_appearance_classes if label == "appearance" else videos.num_motion_classes
-        train = Split(SyntheticSplit(videos, 0, n_train, label), 1, 1, False)
-        val = Split(SyntheticSplit(videos, SYNTHETIC_VAL_START, n_val, label), 1, 1, False)
+        train = Split(SyntheticSplit(videos, np.arange(n_train), label), 1, 1, False)
+        val = Split(SyntheticSplit(videos, SYNTHETIC_VAL_START + np.arange(n_val), label), 1, 1, False)
         return train, val, e.num_classes or classes, label
     if e.label is not None:
         raise ConfigError("--label: applies to synthetic data; real data uses the labels of its index/folders")
@@ -261,6 +288,27 @@ def build_splits(cfg: Config, e: EvalConfig) -> tuple[Split, Split, int, str]:
     val = Split(VideoSplit(val_ds, _subset(len(val_ds), e.val_samples, e.seed, 1), False),
                 segments, e.spatial_views, False)
     return train, val, classes, "index"
+
+
+def low_shot_indices(labels: np.ndarray, seed: int, per_class: Optional[int] = None,
+                     fraction: Optional[float] = None) -> np.ndarray:
+    """Positions of a seeded class-balanced subset: `per_class` clips of every class (all of a class that has fewer),
+    or round(fraction * size) of each class (at least one). Sorted, so decoding walks the data forward."""
+    rng = np.random.default_rng([seed, 0x10F5])
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = per_class if per_class is not None else max(1, int(round(fraction * len(members))))
+        keep.append(rng.choice(members, size=min(k, len(members)), replace=False))
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def low_shot_split(split: Split, e: EvalConfig, seed: int) -> Split:
+    """The training split itself, or its low-shot subset for `seed` (--labels-per-class / --label-fraction)."""
+    if e.labels_per_class is None and e.label_fraction is None:
+        return split
+    keep = low_shot_indices(split.dataset.labels(), seed, e.labels_per_class, e.label_fraction)
+    return dataclasses.replace(split, dataset=split.dataset.restricted(keep))
 
 
 # ---- frozen features ----------------------------------------------------------------------------------------------
@@ -439,12 +487,45 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_
     train_feats = Features(encoder, train, shuffle=True, name="train", **common)
     val_feats = Features(encoder, val, shuffle=False, name="val", **common)
 
+    runs, used = [], [train_feats, val_feats]
+    for seed in range(e.seed, e.seed + e.seeds):
+        split = low_shot_split(train, e, seed)
+        feats = train_feats if split is train else Features(encoder, split, shuffle=True, name="train", **common)
+        used.append(feats)
+        runs.append(train_probe(feats, val_feats, encoder, num_classes, dataclasses.replace(e, seed=seed), device))
+        runs[-1]["train_samples"] = len(split.dataset)
+        log.info("seed %d: top-1 accuracy %.4f (%d train clips)", seed, runs[-1]["accuracy"], len(split.dataset))
+    accs = np.array([r["accuracy"] for r in runs])
+    val_acc, n_val, history = float(accs.mean()), runs[-1]["val_samples"], runs[-1]["history"]
+    return {
+        "accuracy": val_acc, "accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+        "accuracies": accs.tolist(), "seeds": list(range(e.seed, e.seed + e.seeds)),
+        "labels_per_class": e.labels_per_class, "label_fraction": e.label_fraction,
+        "train_samples_per_seed": [r["train_samples"] for r in runs],
+        "val_samples": n_val, "train_samples": runs[-1]["train_samples"], "epochs": e.epochs,
+        "checkpoint": str(ckpt_file) if ckpt_file is not None else None, "encoder": which,
+        "baseline": ckpt_file is None, "label": label, "num_classes": num_classes,
+        "model": model_cfg, "data_path": cfg.data.path, "val_path": e.val_path,
+        "num_frames": cfg.data.num_frames, "crop_size": cfg.data.crop_size, "segments": val.segments,
+        "views": val.views, "lr": e.lr, "weight_decay": e.weight_decay, "batch_size": e.batch_size,
+        "probe_depth": e.probe_depth, "probe_heads": e.probe_heads or encoder.num_heads, "seed": e.seed,
+        "skipped_samples": sum(len(f.errors) for f in {id(f): f for f in used}.values()), "history": history,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def train_probe(train_feats: "Features", val_feats: "Features", encoder: nn.Module, num_classes: int,
+                e: EvalConfig, device: torch.device) -> dict:
+    """Train one probe (seed e.seed: its initialisation and the shuffling) on cached or streamed frozen features;
+    returns {"accuracy", "val_samples", "history"}."""
+    torch.manual_seed(e.seed)
+    train_feats.seed = val_feats.seed = e.seed
     probe = AttentiveProbe(encoder.embed_dim, num_classes, e.probe_heads or encoder.num_heads,
                            depth=e.probe_depth).to(device)
     opt = make_optimizer(probe, e.lr, e.weight_decay)
     total = e.epochs * train_feats.steps_per_epoch()
-    log.info("probe: %d classes (%s), %d train / %d val clips, %d epochs, batch %d, lr %g", num_classes, label,
-             len(train.dataset), len(val.dataset), e.epochs, e.batch_size, e.lr)
+    log.info("probe: %d classes, %d train / %d val clips, %d epochs, batch %d, lr %g, seed %d", num_classes,
+             len(train_feats.split.dataset), len(val_feats.split.dataset), e.epochs, e.batch_size, e.lr, e.seed)
     history, step, val_acc, n_val = [], 0, None, 0
     for epoch in range(e.epochs):
         t0 = time.perf_counter()
@@ -457,17 +538,7 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_
         history.append(row)
         log.info("epoch %d/%d: train loss %.4f acc %.4f%s (%.1f s)", epoch + 1, e.epochs, loss, train_acc,
                  f" | val acc {val_acc:.4f}" if "val_accuracy" in row else "", time.perf_counter() - t0)
-    return {
-        "accuracy": val_acc, "val_samples": n_val, "train_samples": len(train.dataset), "epochs": e.epochs,
-        "checkpoint": str(ckpt_file) if ckpt_file is not None else None, "encoder": which,
-        "baseline": ckpt_file is None, "label": label, "num_classes": num_classes,
-        "model": model_cfg, "data_path": cfg.data.path, "val_path": e.val_path,
-        "num_frames": cfg.data.num_frames, "crop_size": cfg.data.crop_size, "segments": val.segments,
-        "views": val.views, "lr": e.lr, "weight_decay": e.weight_decay, "batch_size": e.batch_size,
-        "probe_depth": e.probe_depth, "probe_heads": e.probe_heads or encoder.num_heads, "seed": e.seed,
-        "skipped_samples": len(train_feats.errors) + len(val_feats.errors), "history": history,
-        "seconds": time.perf_counter() - t_start,
-    }
+    return {"accuracy": val_acc, "val_samples": n_val, "history": history}
 
 
 def write_result(result: dict, path: str) -> None:
@@ -507,7 +578,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if e.out:
         write_result(result, e.out)
         log.info("wrote %s", e.out)
-    print(f"top-1 accuracy {result['accuracy']:.4f} ({result['label']}, {result['val_samples']} val clips, "
+    spread = f" +- {result['accuracy_std']:.4f} over {e.seeds} seeds" if e.seeds > 1 else ""
+    print(f"top-1 accuracy {result['accuracy']:.4f}{spread} ({result['label']}, {result['val_samples']} val clips, "
           f"{result['encoder']} encoder{' - random-init baseline' if result['baseline'] else ''})")
     return 0
 

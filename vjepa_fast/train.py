@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from vjepa_fast import checkpoint, float8, ops, preflight
 from vjepa_fast.checkpoint import CheckpointError
+from vjepa_fast.collapse import CollapseWatch
 from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
 from vjepa_fast.data.loader import DataLoadError, MaskCollate, make_loader
 from vjepa_fast.data.prefetch import prefetch_to_device
@@ -128,6 +129,7 @@ class Trainer:
         self.config_yaml = ""
         self.preempted = False  # stopped by SIGTERM/SIGUSR1 after saving: main exits with REQUEUE_EXIT_CODE
         self.unread: list[dict] = []  # steps whose device numbers were not read back yet (read_back)
+        self.collapse = CollapseWatch(t.collapse_std)
 
     # ---- resume -----------------------------------------------------------------------------------------------
     def resume(self, decision: ResumeDecision) -> None:
@@ -211,7 +213,8 @@ class Trainer:
                                 sched["ema_momentum"], apply=finite)  # a skipped step leaves the targets as they were
         # clips: every rank's batch has batch_size clips (broken samples are replaced), so no readback is needed
         out = {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
-               "clips": batch.video.shape[0] * self.di.world_size, "finite": finite, "data_stats": stats[M:]}
+               "clips": batch.video.shape[0] * self.di.world_size, "finite": finite, "data_stats": stats[M:],
+               "feature_stats": getattr(self.model, "feature_stats", None)}  # V-JEPA only (collapse.py)
         t = self.cfg.train
         if (step + 1) % t.log_every and (step + 1) % t.ckpt_every and step + 1 != t.steps:
             self.unread.append(out)
@@ -413,7 +416,8 @@ class Trainer:
         return {"step": out["step"], "loss": out["loss"], "lr": out["lr"], "wd": out["wd"],
                 "ema_momentum": out["ema_momentum"], "grad_norm": out["grad_norm"],
                 "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.num_tokens, "mfu": mfu,
-                "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors}
+                "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors,
+                **self.collapse.fields(out["feature_stats"], out["step"])}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

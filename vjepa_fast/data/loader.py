@@ -130,7 +130,7 @@ def build_dataset(data_cfg, seed: int) -> Dataset:
         from vjepa_fast.data.synthetic import SyntheticVideos
 
         return SyntheticVideos(num_frames=data_cfg.num_frames, size=data_cfg.crop_size,
-                               length=None, seed=seed)
+                               length=None, seed=seed, frame_step=data_cfg.frame_step)
     from vjepa_fast.data.video_dataset import build_video_dataset
 
     return build_video_dataset(data_cfg, seed)

@@ -9,7 +9,9 @@ sinusoidal stripes or low-frequency colour noise). So every clip has two well-de
 Objects are larger than a 16x16 patch at 224 px (radius about 12%-20% of the frame, divided by sqrt(num_shapes), so
 up to 4 objects per clip keep them above a patch), move 1%-2.5% of the frame per
 frame, bounce off the frame edges, and start where the whole clip fits without a bounce whenever that is possible, so
-the motion label holds in every frame (a V-JEPA predictor can learn to extrapolate it).
+the motion label holds in every frame (a V-JEPA predictor can learn to extrapolate it). A clip samples its video as
+real clips do (`data.frame_step`): with frame step k, clip frame t is frame t * k of the underlying video, so objects
+move k times as far between clip frames.
 
 Everything about clip i is drawn from a numpy Generator seeded by (seed, i) alone (never global RNG state), so any
 process or data-loader worker renders the same clip for the same index. Rendering is vectorised over all frames and
@@ -149,11 +151,14 @@ def _background(rng, size: int) -> tuple[torch.Tensor, str]:
     return torch.addcmul(c1.view(3, 1, 1), t[None], (c2 - c1).view(3, 1, 1)), kind
 
 
-def sample_clip(seed: int, index: int, num_frames: int, size: int, num_shapes: int = 1) -> ClipSpec:
-    """Draw the content of clip `index` (a pure function of its arguments)."""
+def sample_clip(seed: int, index: int, num_frames: int, size: int, num_shapes: int = 1,
+                frame_step: int = 1) -> ClipSpec:
+    """Draw the content of clip `index` (a pure function of its arguments): `num_frames` frames `frame_step` apart of
+    a video (num_frames - 1) * frame_step + 1 frames long."""
     seed, index = _check_int("seed", seed, 0), _check_int("index", index, 0)
     num_frames, size = _check_int("num_frames", num_frames, 1), _check_int("size", size, 16, 8192)
     num_shapes = _check_int("num_shapes", num_shapes, 1, 16)
+    frame_step = _check_int("frame_step", frame_step, 1, 1 << 20)
     rng = clip_rng(seed, index)
     shape = int(rng.integers(len(SHAPES)))
     color = int(rng.integers(len(COLOR_NAMES)))
@@ -165,10 +170,10 @@ def sample_clip(seed: int, index: int, num_frames: int, size: int, num_shapes: i
     speed = 0.0 if motion == STATIC else rng.uniform(*_SPEED_RANGE) * size
     vx, vy = _velocity(motion, speed)
     lo, hi = radius, size - radius  # the circumscribed circle stays inside the frame
-    travel = num_frames - 1
+    travel = (num_frames - 1) * frame_step  # video frames from the clip's first frame to its last
     x0 = _start_positions(rng, vx, abs(vx) * travel, lo, hi)
     y0 = _start_positions(rng, vy, abs(vy) * travel, lo, hi)
-    t = np.arange(num_frames, dtype=np.float64)[:, None]
+    t = np.arange(num_frames, dtype=np.float64)[:, None] * frame_step
     cx = _reflect(x0[None] + vx * t, lo[None], hi[None])
     cy = _reflect(y0[None] + vy * t, lo[None], hi[None])
     background, kind = _background(rng, size)
@@ -242,7 +247,8 @@ class SyntheticVideos(Dataset):
     """Map-style dataset of synthetic clips; `ds[i]` = {"video", "label", "motion", "index"}.
 
     "video" is float32 [3, T, H, W] (ImageNet-normalised if `normalize`, else in [0, 1]), computed from the uint8
-    frames that `frames(i)` returns; "label" is the appearance class, "motion" the motion class. `length=None` makes
+    frames that `frames(i)` returns; "label" is the appearance class, "motion" the motion class. The T frames are
+    `frame_step` apart in the clip's underlying video (as data.frame_step samples real videos). `length=None` makes
     the dataset unbounded: any non-negative index is valid and `len()` is a TypeError (use a sampler that draws
     indices). With a finite length, negative indices count from the end as for a list."""
 
@@ -257,6 +263,7 @@ class SyntheticVideos(Dataset):
         seed: int = 0,
         num_shapes: int = 1,
         normalize: bool = True,
+        frame_step: int = 1,
     ):
         self.num_frames = _check_int("num_frames", num_frames, 1)
         self.size = _check_int("size", size, 16, 8192)  # below 16 px the shapes are no longer recognisable
@@ -266,6 +273,7 @@ class SyntheticVideos(Dataset):
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be a bool, got {normalize!r}")
         self.normalize = normalize
+        self.frame_step = _check_int("frame_step", frame_step, 1, 1 << 20)
 
     def __len__(self) -> int:
         if self.length is None:
@@ -287,7 +295,7 @@ class SyntheticVideos(Dataset):
 
     def clip(self, i) -> ClipSpec:
         """The content of clip i (labels, object track, background)."""
-        return sample_clip(self.seed, self._index(i), self.num_frames, self.size, self.num_shapes)
+        return sample_clip(self.seed, self._index(i), self.num_frames, self.size, self.num_shapes, self.frame_step)
 
     def frames(self, i) -> torch.Tensor:
         """uint8 [T, H, W, 3] frames of clip i."""
@@ -306,5 +314,5 @@ class SyntheticVideos(Dataset):
     def __repr__(self) -> str:
         return (
             f"SyntheticVideos(num_frames={self.num_frames}, size={self.size}, length={self.length}, seed={self.seed}, "
-            f"num_shapes={self.num_shapes}, normalize={self.normalize})"
+            f"num_shapes={self.num_shapes}, normalize={self.normalize}, frame_step={self.frame_step})"
         )

@@ -10,6 +10,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from vjepa_fast.collapse import token_std
 from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.protocol import per_mask_mean_weights
@@ -25,6 +26,7 @@ class VJEPA(nn.Module):
         self.target_encoder = copy.deepcopy(encoder)
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
+        self.feature_stats: torch.Tensor | None = None  # [target std, prediction std] of the last step (collapse.py)
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -60,10 +62,12 @@ class VJEPA(nn.Module):
         """Returns the weighted L1 loss (a scalar); `row_weight` [Rt] carries the per-mask averaging."""
         with torch.no_grad(), nvtx_range("target"):
             h = self.target_encoder(video)  # [B, N, D], after the final norm
+            target_std = token_std(h)  # within each clip (collapse.py)
             h = h.reshape(-1, h.shape[-1])
         with nvtx_range("context"):
             ctx = self.encoder(video, rows=masks.ctx_rows, cu_seqlens=masks.ctx_cu, max_seqlen=masks.ctx_max)
         with nvtx_range("predictor"):
             z = self.predictor(ctx, masks)  # [Rt, D]
+        self.feature_stats = torch.stack([target_std, token_std(z.detach())])  # stays on the device
         with nvtx_range("loss"):
             return l1_target_loss(z, h, masks.tgt_rows, row_weight)

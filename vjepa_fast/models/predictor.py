@@ -16,14 +16,13 @@ import torch.nn as nn
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.rope import rope_tables
-from vjepa_fast.models.vit import LN_EPS, VIT_SIZES, Block, init_weights, rescale_blocks
+from vjepa_fast.models.vit import LN_EPS, VIT_SIZES, Block, init_model
 from vjepa_fast.ops.gather import indexed_gather_add
 
-# Predictor width / depth per encoder size; heads follow the encoder (docs/recipe.md). The giant encoder's 22 heads do
-# not divide width 384, so its predictor uses 12 heads (head dim 32) instead.
+# Predictor width / depth per encoder size (the original's pretraining configs: 384 wide, 12 deep); its head count
+# is the encoder's, as the original passes the encoder's num_heads (giant: 16 heads of 24).
 PREDICTOR_DEFAULTS: dict[str, dict] = {
-    size: dict(pred_dim=48 if size == "tiny" else 384, depth=2 if size == "tiny" else 12,
-               num_heads=12 if size == "giant" else cfg["num_heads"])
+    size: dict(pred_dim=48 if size == "tiny" else 384, depth=2 if size == "tiny" else 12, num_heads=cfg["num_heads"])
     for size, cfg in VIT_SIZES.items()
 }
 
@@ -31,7 +30,7 @@ PREDICTOR_DEFAULTS: dict[str, dict] = {
 class Predictor(nn.Module):
     def __init__(self, embed_dim: int, pred_dim: int = 384, depth: int = 12, num_heads: int = 16,
                  grid: Grid = (8, 14, 14), num_mask_tokens: int = 2, mlp_ratio: float = 4.0,
-                 pos_embed: str = "sincos"):
+                 pos_embed: str = "sincos", init: str = "reference"):
         super().__init__()
         if num_mask_tokens < 1:
             raise ValueError(f"num_mask_tokens must be >= 1, got {num_mask_tokens}")
@@ -49,8 +48,7 @@ class Predictor(nn.Module):
         self.predictor_blocks = nn.ModuleList(Block(pred_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.predictor_norm = nn.LayerNorm(pred_dim, eps=LN_EPS)
         self.predictor_proj = nn.Linear(pred_dim, embed_dim)
-        init_weights(self)  # touches Linear / LayerNorm only: the mask tokens stay zero
-        rescale_blocks(self.predictor_blocks)
+        init_model(self, self.predictor_blocks, init)  # Linear / LayerNorm only: the mask tokens stay zero
 
     def _validate(self, ctx: torch.Tensor, masks: PackedMasks) -> None:
         if ctx.dim() != 2 or ctx.shape[1] != self.embed_dim:

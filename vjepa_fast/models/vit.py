@@ -16,14 +16,19 @@ from vjepa_fast.models.pos_embed import POS_EMBEDS, Grid, interpolate_pos, posit
 from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, rope_tables
 from vjepa_fast.ops import indexed_gather_add, varlen_attention
 
+# small ... giant are the original V-JEPA code's ViT-S/B/L/H/g (docs/recipe.md, "Model sizes and initialisation");
+# tiny is this project's CPU quick-start size, not the original's ViT-Ti (192 wide, 12 deep, 3 heads).
 VIT_SIZES: dict[str, dict] = {
     "tiny": dict(embed_dim=96, depth=4, num_heads=4, mlp_ratio=4.0),
     "small": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
     "base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
     "large": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),
     "huge": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0),
-    "giant": dict(embed_dim=1408, depth=40, num_heads=22, mlp_ratio=48 / 11),
+    "giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11),  # head dim 88
 }
+
+# How fresh weights are drawn (init_model): "reference" is what the original training starts from.
+INIT_SCHEMES = ("reference", "depth_scaled")
 
 INIT_STD = 0.02
 # The reference truncates at +-2 in absolute value (100 standard deviations at std 0.02): in effect a plain normal
@@ -50,6 +55,20 @@ def rescale_blocks(blocks: Sequence["Block"]) -> None:
     for i, block in enumerate(blocks, start=1):
         block.attn.proj.weight.div_(math.sqrt(2.0 * i))
         block.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
+
+
+def init_model(module: nn.Module, blocks: Sequence["Block"], scheme: str) -> None:
+    """Initialise `module` by one of INIT_SCHEMES; `blocks` are the ones "depth_scaled" down-scales.
+
+    "reference": every Linear / Conv3d weight at std 0.02, what the original V-JEPA training starts from (its script
+    re-draws every Linear after building the models, which undoes the constructors' down-scaling; the Conv3d patch
+    embedding keeps the constructor's std 0.02 draw). "depth_scaled": the constructors' own init, block i's (from 1)
+    attn.proj / mlp.fc2 divided by sqrt(2 i)."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {INIT_SCHEMES}")
+    init_weights(module)
+    if scheme == "depth_scaled":
+        rescale_blocks(blocks)
 
 
 class PatchEmbed3D(nn.Module):
@@ -132,7 +151,8 @@ class VisionTransformer(nn.Module):
     """Video ViT. `forward(clips)` is the dense path; `forward(clips, rows, cu_seqlens, max_seqlen)` the packed one."""
 
     def __init__(self, size: str = "large", img_size=224, num_frames: int = 16, patch_size: int = 16,
-                 tubelet_size: int = 2, in_chans: int = 3, pos_embed: str = "sincos", **overrides):
+                 tubelet_size: int = 2, in_chans: int = 3, pos_embed: str = "sincos", init: str = "reference",
+                 **overrides):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"unknown position embedding {pos_embed!r}; choose one of {POS_EMBEDS}")
@@ -161,8 +181,7 @@ class VisionTransformer(nn.Module):
             self.pos_embed = None
         self.blocks = nn.ModuleList(Block(self.embed_dim, self.num_heads, cfg["mlp_ratio"]) for _ in range(self.depth))
         self.norm = nn.LayerNorm(self.embed_dim, eps=LN_EPS)
-        init_weights(self)
-        rescale_blocks(self.blocks)
+        init_model(self, self.blocks, init)
         self._pos_cache: dict = {}
 
     def patchify(self, clips: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ class ModelArch:
     pred_num_heads: Optional[int] = None
     pred_mask_tokens: int = 2
     pred_mlp_ratio: float = 4.0
+    init: str = "reference"  # how fresh weights are drawn (models/vit.py INIT_SCHEMES); no effect on loaded ones
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,7 +70,8 @@ def arch_from_config(cfg) -> ModelArch:
     arch = ModelArch(method=cfg.method, embed_dim=size["embed_dim"], depth=size["depth"],
                      num_heads=m.num_heads or size["num_heads"], mlp_ratio=float(size["mlp_ratio"]),
                      patch_size=m.patch_size, tubelet_size=m.tubelet_size, num_frames=d.num_frames,
-                     crop_size=d.crop_size, pos_embed=m.pos_embed, pred_mask_tokens=m.pred_mask_tokens)
+                     crop_size=d.crop_size, pos_embed=m.pos_embed, pred_mask_tokens=m.pred_mask_tokens,
+                     init=m.init)
     if cfg.method == "videomae":
         dd = DECODER_DEFAULTS[m.size]
         arch.pred_dim, arch.pred_depth = m.pred_width or dd["dim"], m.pred_depth or dd["depth"]
@@ -77,7 +79,7 @@ def arch_from_config(cfg) -> ModelArch:
     else:
         pd = PREDICTOR_DEFAULTS[m.size]
         arch.pred_dim, arch.pred_depth = m.pred_width or pd["pred_dim"], m.pred_depth or pd["depth"]
-        arch.pred_num_heads = m.pred_num_heads or pd["num_heads"]
+        arch.pred_num_heads = m.pred_num_heads or arch.num_heads  # the encoder's heads, as the original
     return arch
 
 
@@ -87,7 +89,7 @@ def build_encoder_from(arch: ModelArch) -> nn.Module:
     return VisionTransformer(img_size=arch.crop_size, num_frames=arch.num_frames, patch_size=arch.patch_size,
                              tubelet_size=arch.tubelet_size, in_chans=arch.in_chans, pos_embed=arch.pos_embed,
                              embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads,
-                             mlp_ratio=arch.mlp_ratio)
+                             mlp_ratio=arch.mlp_ratio, init=arch.init)
 
 
 def build_predictor_from(arch: ModelArch) -> nn.Module:
@@ -97,7 +99,7 @@ def build_predictor_from(arch: ModelArch) -> nn.Module:
         raise CheckpointFormatError("the model config has no predictor")
     return Predictor(arch.embed_dim, pred_dim=arch.pred_dim, depth=arch.pred_depth, num_heads=arch.pred_num_heads,
                      grid=arch.grid, num_mask_tokens=arch.pred_mask_tokens, mlp_ratio=arch.pred_mlp_ratio,
-                     pos_embed=arch.pos_embed)
+                     pos_embed=arch.pos_embed, init=arch.init)
 
 
 def build_decoder_from(arch: ModelArch) -> nn.Module:
