@@ -295,7 +295,7 @@ def run(config: Optional[str], overrides: list[str], steps: int, warmup: int) ->
             work = phase_work(trainer, batches[0])
             dense = ops._backend.forced_backend("dense_attention") or "auto"
         finally:
-            for op in cfg.backends:  # set_backend is process-wide: leave the process as it was
+            for op in ops._backend.op_names():  # set_backend is process-wide: leave the process as it was
                 ops.set_backend(op, None)
     roofline = _load_roofline(device)
     step_s, busy = measured["step_s"], measured["gpu_busy_s"]

@@ -1,14 +1,14 @@
 """Failures a user can cause: one line on stderr, a non-zero exit, no traceback, and an existing run left as it was."""
 import errno
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from vjepa_fast import train
+from vjepa_fast import checkpoint, train
 
 TINY = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.ckpt_every=1", "train.progress=false",
         "train.plots=false", "train.tensorboard=false", "data.num_workers=0", "data.num_frames=4",
@@ -16,7 +16,9 @@ TINY = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.ckpt_
 
 
 def snapshot(run_dir: Path) -> dict:
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    """Every file of the run dir, except the lock file that names the last launch to hold the dir (rundir.py)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,7 @@ def test_incompatible_resume_is_refused_and_the_run_kept(finished_run, capsys, c
 
 def test_checkpoint_that_does_not_fit_is_one_line(finished_run, tmp_path, capsys):
     run_dir = tmp_path / "no_config"  # no config.yaml to compare with: the checkpoint itself is refused
-    (run_dir / "checkpoints").mkdir(parents=True)
-    for p in (finished_run / "checkpoints").iterdir():
-        (run_dir / "checkpoints" / p.name).write_bytes(p.read_bytes())
+    shutil.copytree(finished_run / "checkpoints", run_dir / "checkpoints")
     before = snapshot(run_dir)
     line = one_error_line(capsys, [f"run_dir={run_dir}", *TINY, "model.size=small"])
     assert "does not fit this model" in line
@@ -89,17 +89,18 @@ def test_bad_inputs_before_the_run_dir_is_touched(finished_run, tmp_path, capsys
 
 
 def test_disk_full_while_saving_is_one_line(tmp_path, capsys, monkeypatch):
-    real_save = torch.save
+    real_write = checkpoint._write_synced
 
-    def full_after_first(obj, f, *a, **k):
-        if "step_00000002" in str(f):
+    def full_after_first(path, data):  # the disk fills up while the second checkpoint is written
+        if "step_00000002" in str(path):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *a, **k)
+        return real_write(path, data)
 
-    monkeypatch.setattr(torch, "save", full_after_first)
+    monkeypatch.setattr(checkpoint, "_write_synced", full_after_first)
     line = one_error_line(capsys, [f"run_dir={tmp_path}", *TINY])
-    assert "no space left" in line and "previous checkpoint, if any, is intact" in line
-    assert (tmp_path / "checkpoints" / "step_00000001.pt").stat().st_size > 0
+    assert "no space left" in line.lower() and "intact" in line
+    assert checkpoint.list_checkpoints(tmp_path)[-1][0] == 1  # the first checkpoint is there, complete
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # the failed save cleaned up after itself
 
 
 def test_debug_shows_the_traceback(tmp_path):

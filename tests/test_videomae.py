@@ -180,7 +180,7 @@ def test_decoder_sizes_and_block_list_names():
     for size, expect in (("tiny", (48, 2)), ("base", (384, 4)), ("large", (512, 4)), ("huge", (512, 4))):
         d = DECODER_DEFAULTS[size]
         assert (d["dim"], d["depth"]) == expect and d["dim"] % d["num_heads"] == 0
-    cfg = load_config("configs/videomae_tiny.yaml", ["data.num_frames=4", "data.crop_size=32"])
+    cfg = load_config("configs/videomae_tiny.yaml", ["data.num_frames=4", "data.crop_size=64"])
     model = build_model(cfg)
     assert isinstance(model, VideoMAE) and isinstance(model, PretrainModel) and model.decoder.out_dim == 2 * 16 * 16 * 3
     assert model.decoder.dim == 48 and len(model.decoder.blocks) == 2

@@ -60,7 +60,7 @@ def test_encoder_decoder_and_loss_match_transformers(hf_pretraining):
         enc_theirs = model.videomae(video.permute(0, 2, 1, 3, 4), bool_masked_pos=bool_masked).last_hidden_state
         ctx = mine.encoder(video, rows=masks.ctx_rows, cu_seqlens=masks.ctx_cu, max_seqlen=masks.ctx_max)
         logits = mine.decoder(ctx, masks)
-        P = mine.loss_width
+        P = mine.decoder.out_dim
         loss = mine(video, masks, torch.full((masks.tgt_rows.numel(),), 1.0 / (masks.tgt_rows.numel() * P)))
     assert (ctx.reshape(B, N - MASKED, -1) - enc_theirs).abs().max().item() <= 1e-5
     assert (logits.reshape(B, MASKED, -1) - out.logits).abs().max().item() <= 1e-5

@@ -67,7 +67,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def method_config(method: str, run_dir: Path, overrides: list[str], steps: int, extra: tuple = ()) -> Config:
     return load_config(None, [*overrides, f"method={method}", f"run_dir={run_dir}", f"train.steps={steps}",
-                              "train.progress=false", "train.resume=false", f"train.ckpt_every={steps}", *extra])
+                              "train.progress=false", "train.resume=restart", f"train.ckpt_every={steps}", *extra])
 
 
 def seconds_per_step(method: str, out: Path, overrides: list[str], di: DistInfo) -> float:

@@ -301,9 +301,9 @@ class Trainer:
         try:
             self.phase = "resuming"
             self.resume(decision)
-        except (preflight.RunError, CheckpointError):
+        except preflight.RunError:
             raise
-        except (RuntimeError, KeyError, ValueError) as e:
+        except (RuntimeError, KeyError, ValueError) as e:  # CheckpointError included: every rank failed to load it
             raise preflight.RunError(f"the checkpoint in {checkpoint.checkpoint_dir(run_dir)} does not fit this "
                                      f"model ({preflight.one_line(e)[:300]}); resume with the run's own config.yaml "
                                      f"or use another run_dir") from None

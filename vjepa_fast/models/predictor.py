@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, position_table
-from vjepa_fast.models.rope import rope_tables
+from vjepa_fast.models.rope import rope_dtype, rope_tables
 from vjepa_fast.models.vit import LN_EPS, VIT_SIZES, Block, init_model
 from vjepa_fast.ops.gather import indexed_gather_add
 
@@ -86,7 +86,8 @@ class Predictor(nn.Module):
         buf = layout_buffer(x, tokens, table, masks)
         rope = None
         if self.pos_kind == "rope":  # each slot's token index is its pred_pos_rows entry
-            rope = rope_tables(masks.pred_pos_rows, self.grid, self.pred_dim // self.num_heads)
+            rope = rope_tables(masks.pred_pos_rows, self.grid, self.pred_dim // self.num_heads,
+                               rope_dtype(self.predictor_embed.weight))
         for block in self.predictor_blocks:
             buf = block(buf, masks.pred_cu, masks.pred_max, None, rope)
         z = buf.index_select(0, masks.pred_tgt_slots)  # norm is per token: normalise only what is returned

@@ -46,7 +46,12 @@ def _frequencies(d: int, device) -> torch.Tensor:
     """[d] frequency of each channel of one segment: the d/2 frequencies, twice over (concatenated)."""
     half = d // 2
     omega = 1.0 / THETA ** (torch.arange(half, dtype=torch.float64, device=device) / half)
-    return torch.cat([omega, omega]).to(torch.float32)
+    return torch.cat([omega, omega])
+
+
+def rope_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The tables' dtype for a model whose weights are `weight`'s dtype: float64 models get float64 tables."""
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
 class RopeTables(NamedTuple):
@@ -56,13 +61,14 @@ class RopeTables(NamedTuple):
     sin: torch.Tensor  # sign folded in: -sin on even channels, +sin on odd ones
 
 
-def rope_tables(index: torch.Tensor, grid: Grid, head_dim: int) -> RopeTables:
-    """The tables for rows whose token indices on `grid` are `index` [R]."""
+def rope_tables(index: torch.Tensor, grid: Grid, head_dim: int, dtype: torch.dtype = torch.float32) -> RopeTables:
+    """The tables for rows whose token indices on `grid` are `index` [R], in `dtype` (float32, or float64 for a
+    float64 model, so that its rotation carries no float32 rounding)."""
     d = rope_segment(head_dim)
     if d == 0:
         raise ValueError(f"rotary positions need a head dim of at least 6, got {head_dim}")
-    pos = grid_positions(index, grid)  # [R, 3]
-    freq = _frequencies(d, index.device)  # [d]
+    pos = grid_positions(index, grid).to(dtype)  # [R, 3]
+    freq = _frequencies(d, index.device).to(dtype)  # [d]
     angles = (pos[:, :, None] * freq[None, None, :]).reshape(pos.shape[0], 3 * d)  # time, height, width
     rest = head_dim - 3 * d
     cos = torch.cat([angles.cos(), angles.new_ones(pos.shape[0], rest)], dim=1)
@@ -89,8 +95,9 @@ def apply_rope_qkv(qkv: torch.Tensor, tables: RopeTables) -> torch.Tensor:
                          f"{tuple(tables.cos.shape)}, got {tuple(qkv.shape)}")
     if not torch.compiler.is_compiling() and ROPE.choose(qkv.device.type).name == "triton":
         return _triton.load("triton_rope").rope_qkv_triton(qkv, tables.cos, tables.sin)
-    qk = qkv[:, :2].float().reshape(R // P, P, 2, *qkv.shape[2:])
-    cos, sin = tables.cos[:, None, None, :], tables.sin[:, None, None, :]
+    work = torch.promote_types(qkv.dtype, tables.cos.dtype)  # float32 for 16-bit qkv, float64 for float64
+    qk = qkv[:, :2].to(work).reshape(R // P, P, 2, *qkv.shape[2:])
+    cos, sin = tables.cos[:, None, None, :].to(work), tables.sin[:, None, None, :].to(work)
     rotated = (qk * cos + _pair_swap(qk) * sin).to(qkv.dtype).reshape(R, 2, *qkv.shape[2:])
     return torch.cat([rotated, qkv[:, 2:]], dim=1)
 

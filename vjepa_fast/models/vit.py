@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from vjepa_fast.models.pos_embed import POS_EMBEDS, Grid, interpolate_pos, position_table
-from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, rope_tables
+from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, rope_dtype, rope_tables
 from vjepa_fast.ops import indexed_gather_add, varlen_attention
 
 # small ... giant are the original V-JEPA code's ViT-S/B/L/H/g (docs/recipe.md, "Model sizes and initialisation");
@@ -235,4 +235,4 @@ class VisionTransformer(nn.Module):
         """Rotary tables for rows with token indices `index` on the clip's grid (None with a sin-cos table)."""
         if self.pos_kind != "rope":
             return None
-        return rope_tables(index, grid, self.head_dim)
+        return rope_tables(index, grid, self.head_dim, rope_dtype(self.patch_embed.proj.weight))

@@ -114,6 +114,11 @@ def set_backend(op: str, name: Optional[str]) -> None:
     _op(op).force(name)
 
 
+def forced_backend(op: str) -> Optional[str]:
+    """The backend forced for `op` (None: automatic choice)."""
+    return _op(op).forced
+
+
 def backend_names(op: str) -> tuple[str, ...]:
     return tuple(_op(op).backends)
 
