@@ -42,6 +42,7 @@ from vjepa_fast import ops
 from vjepa_fast.config import Config, ConfigError, load_config, to_dict
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
+from vjepa_fast.preflight import one_line
 from vjepa_fast.weights import CheckpointFormatError, read_weights
 from vjepa_fast.weights.load import load_part, open_encoder, pick_encoder, stated_kind
 
@@ -572,8 +573,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     except (CheckpointFormatError, FileNotFoundError, EvalError) as err:
-        text = str(err).strip()
-        print(f"error: {text.splitlines()[-1] if text else type(err).__name__}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
     if e.out:
         write_result(result, e.out)

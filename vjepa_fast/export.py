@@ -77,8 +77,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except (CheckpointFormatError, FileNotFoundError, OSError) as e:
-        text = str(e).strip()
-        print(f"error: {text.splitlines()[-1] if text else type(e).__name__}", file=sys.stderr)
+        from vjepa_fast.preflight import one_line
+
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     return 0
 
