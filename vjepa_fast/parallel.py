@@ -59,8 +59,13 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     return DistInfo(rank, world, local_rank, device, control)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait_for_peers: bool = False) -> None:
+    """Destroy the process group. After a run that ended normally everywhere (`wait_for_peers`), first wait until
+    every rank is done, so no rank tears its group down while another still finishes its last collective work
+    (under load, gloo aborted a worker that did)."""
     if dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

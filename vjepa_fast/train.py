@@ -448,9 +448,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     di = init_distributed(cfg.parallel.timeout_s)
     if not di.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    finished = False
     try:
         trainer = Trainer(cfg, di)
         trainer.run()
+        finished = True
         if trainer.preempted:
             return REQUEUE_EXIT_CODE
     except USER_ERRORS as e:
@@ -459,7 +461,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {preflight.one_line(e)}", file=sys.stderr)
         return 1
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait_for_peers=finished)
     return 0
 
 
