@@ -466,4 +466,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A worker of a multi-process run leaves through os._exit once everything is written and flushed: at
+        # interpreter teardown a torch C++ static could still hold a joinable thread and abort the process
+        # ("terminate called without an active exception", seen about once in twenty 2-process gloo runs), which
+        # torchrun reports as a failed run after a complete one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
