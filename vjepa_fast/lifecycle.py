@@ -107,7 +107,8 @@ class CollectiveError(RuntimeError):
     """A collective failed (a peer died, stalled past parallel.timeout_s, or lost its connection); one line."""
 
 
-_COLLECTIVE_SIGNS = ("gloo", "NCCL", "nccl", "Connection closed by peer", "Connection reset by peer", "Timed out")
+_COLLECTIVE_SIGNS = ("gloo", "NCCL", "nccl", "Connection closed by peer", "Connection reset by peer", "Timed out",
+                     "Application timeout caused pair closure")
 
 
 def as_collective_error(e: BaseException, rank: int, phase: str, timeout_s: float) -> Optional[CollectiveError]:

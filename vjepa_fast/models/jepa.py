@@ -44,7 +44,8 @@ class VJEPA(nn.Module):
         enc, pred = self.encoder, self.predictor
         ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
         pred_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()
-        patch_dim = enc.patch_embed.proj.weight[0].numel()
+        pe = enc.patch_embed  # from the module's sizes: indexing a sharded weight would be a collective each step
+        patch_dim = pe.in_chans * pe.tubelet_size * pe.patch_size ** 2
         e = (enc.embed_dim, len(enc.blocks), enc.blocks[0].mlp.fc1.out_features)
         p = (pred.predictor_embed.out_features, len(pred.predictor_blocks),
              pred.predictor_blocks[0].mlp.fc1.out_features)
