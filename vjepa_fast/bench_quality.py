@@ -31,7 +31,7 @@ log = logging.getLogger("vjepa_fast.bench_quality")
 
 # Overrides on top of the built-in default (the quick start) per preset; the GPU preset is wider, longer, larger.
 PRESETS = {
-    "cpu": dict(minutes=5.0, overrides=[], probe=dict(train_samples=1000, val_samples=500, epochs=20)),
+    "cpu": dict(minutes=5.0, overrides=[], probe=dict(train_samples=1000, val_samples=500, epochs=None)),  # eval.DEFAULT_EPOCHS
     "gpu": dict(minutes=10.0, overrides=["model.size=small", "data.num_frames=16", "data.crop_size=128",
                                          "train.batch_size=32", "data.num_workers=8", "optim.warmup_steps=200"],
                 probe=dict(train_samples=4000, val_samples=1000, epochs=20)),
