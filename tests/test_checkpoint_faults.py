@@ -229,6 +229,35 @@ def test_second_launch_into_a_busy_dir_fails_at_once_naming_the_holder(finished,
     assert names(run) == ["step_00000004", "step_00000008"]
 
 
+def test_a_forked_child_does_not_keep_the_run_dir_locked(tmp_path):
+    # A data-loader worker outliving its run must not keep the lock: the next run in the same process starts.
+    lock = RunDirLock(tmp_path)
+    lock.acquire()
+    read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child runs, then holds on, as a worker not yet reaped would
+        os.close(write_end)
+        os.write(ready_write, b"r")
+        os.read(read_end, 1)
+        os._exit(0)
+    try:
+        os.close(read_end)
+        assert os.read(ready_read, 1) == b"r"  # the child is running: its fork hooks are done
+        lock.release()
+        again = RunDirLock(tmp_path)
+        again.acquire()  # refused as "in use" while the child lived, before forked children closed their copies
+        other = RunDirLock(tmp_path)
+        with pytest.raises(RunDirError, match="is in use by another run"):
+            other.acquire()  # and the lock still excludes a second holder
+        again.release()
+    finally:
+        os.write(write_end, b"x")
+        for fd in (write_end, ready_read, ready_write):
+            os.close(fd)
+        os.waitpid(pid, 0)
+
+
 def test_metrics_are_trimmed_on_resume_through_a_rename(finished, tmp_path):
     d, _ = finished
     path = tmp_path / "metrics.jsonl"

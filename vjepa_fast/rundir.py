@@ -25,6 +25,23 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
+# Lock fds held by this process. A flock belongs to the open file, which a fork shares: a data-loader worker still
+# alive after its run released the lock would keep the dir locked, and the next run in the same process (a benchmark
+# that trains several times, a notebook) would be refused as "in use". Forked children close their copies at once.
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCK_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
 
 class RunDirError(RuntimeError):
     """The run cannot start in this dir (busy, refused resume, nothing readable); the message is one line."""
@@ -51,9 +68,11 @@ class RunDirLock:
                   .encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD_LOCK_FDS.discard(self._fd)
             os.close(self._fd)  # closing drops the flock; the file stays (removing it would race a new holder)
             self._fd = None
 
