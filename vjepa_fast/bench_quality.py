@@ -162,8 +162,9 @@ def run(a: argparse.Namespace) -> dict:
     for _ in range(CALIBRATION_ROUNDS):  # in turn, so both see the machine at about the same times
         for m in METHODS:
             per_step[m] = min(per_step[m], seconds_per_step(m, out, overrides, di))
-    for method in METHODS:
-        run_info = pretrain(method, per_step[method], minutes, out, overrides, di)
+    # Both pretrainings first, back to back, so their time budgets see the machine at about the same time; then probes.
+    runs = {method: pretrain(method, per_step[method], minutes, out, overrides, di) for method in METHODS}
+    for method, run_info in runs.items():
         cfg = load_config(str(Path(run_info["run_dir"]) / "config.yaml"))
         ckpt_file, _ = ev.resolve_checkpoint(run_info["run_dir"])
         encoders[method] = {**run_info, **{label: probe(cfg, ckpt_file, label, a, preset) for label in LABELS}}
