@@ -16,9 +16,11 @@ GPU: ViT-L (304M parameters, 3.6 GB of fp32 parameters + Adam moments); CPU: ViT
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,7 +89,7 @@ def worker(variant: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     from vjepa_fast import checkpoint as ckpt
-    from vjepa_fast.parallel import init_distributed
+    from vjepa_fast.parallel import init_distributed, shutdown_distributed
 
     di = init_distributed()
     model, opt = _build(di.device)
@@ -125,7 +127,11 @@ def worker(variant: str, out_dir: str) -> None:
            "peak_gb": _peak_gb(), "added_gb": _peak_gb() - base_gb,
            "files": sorted(p.name for p in Path(path).iterdir()) if Path(path).is_dir() else [Path(path).name]}
     (Path(out_dir) / f"{variant}-{di.rank}.json").write_text(json.dumps(row))
-    dist.destroy_process_group()
+    # Sharded tensors (and their device mesh) go before the process group, and the group only once every rank is
+    # done, as the trainer ends: a worker left to tear these down at interpreter exit aborted once under load.
+    del fresh, fresh_opt
+    gc.collect()
+    shutdown_distributed(wait_for_peers=True)
 
 
 def _launch(variant: str, out_dir: str) -> list[dict]:
@@ -151,7 +157,10 @@ def _table(rows: list[dict]) -> str:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_checkpoint_save_load(benchmark, variant):
     out = tempfile.mkdtemp(prefix=f"bench_ckpt_{variant}_")
-    rows = benchmark.pedantic(_launch, args=(variant, out), rounds=1, iterations=1)
+    try:
+        rows = benchmark.pedantic(_launch, args=(variant, out), rounds=1, iterations=1)
+    finally:  # the checkpoints are GBs (ViT-B / ViT-L with AdamW state): never leave them behind
+        shutil.rmtree(out, ignore_errors=True)
     if variant != "single_file":
         assert sorted(f for f in rows[0]["files"] if f.endswith(".distcp")) == [f"__{r}_0.distcp"
                                                                                  for r in range(NPROC)]
