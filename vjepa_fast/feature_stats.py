@@ -34,8 +34,6 @@ from vjepa_fast.models.build import build_encoder
 from vjepa_fast.preflight import one_line
 from vjepa_fast.weights import CheckpointFormatError
 
-log = logging.getLogger("vjepa_fast.feature_stats")
-
 OBJECT_TOKEN = 0.3  # a token is an object token when objects cover at least this share of its pixels
 BACKGROUND_TOKEN = 0.02  # ... and a background token when they cover at most this share
 
@@ -46,11 +44,12 @@ def feature_stats(feats: torch.Tensor, object_share: torch.Tensor) -> dict:
         raise ValueError(f"feats [B >= 2, N, D] and object_share [B, N] expected, got {tuple(feats.shape)} and "
                          f"{tuple(object_share.shape)}")
     f = feats.double()
-    centred = f - f.mean((0, 1), keepdim=True)
+    grand, by_position, by_clip = f.mean((0, 1), keepdim=True), f.mean(0, keepdim=True), f.mean(1, keepdim=True)
+    centred = f - grand
     total = centred.square().mean((0, 1)).sum()
-    position_share = f.mean(0, keepdim=True).sub(f.mean((0, 1), keepdim=True)).square().mean((0, 1)).sum() / total
-    clip_share = f.mean(1, keepdim=True).sub(f.mean((0, 1), keepdim=True)).square().mean((0, 1)).sum() / total
-    residual = f - f.mean(0, keepdim=True)
+    position_share = (by_position - grand).square().mean((0, 1)).sum() / total
+    clip_share = (by_clip - grand).square().mean((0, 1)).sum() / total
+    residual = f - by_position
     obj, bg = object_share >= OBJECT_TOKEN, object_share <= BACKGROUND_TOKEN
     gap = float("nan")
     if obj.any() and bg.any():
