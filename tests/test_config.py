@@ -163,3 +163,26 @@ def test_any_config_file_is_valid_or_one_config_error(tmp_path, content):
         load_config(str(path))
     except ConfigError as e:
         assert str(e) and "\n" not in str(e)
+
+
+@pytest.mark.parametrize("char", ["\x1e", "\x1c", "\u2028", "\x85", "\r", "\x0b", "\x1b", "\u200e"])
+def test_a_control_character_in_an_override_stays_escaped_in_the_one_line_error(char):
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = train.main(["--print-config", f"backends.attention_tuning=0{char}1"])
+    lines = err.getvalue().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("config error: "), err.getvalue()
+    assert char not in err.getvalue()
+
+
+def test_single_line_escapes_every_line_breaking_character_and_keeps_the_rest():
+    from vjepa_fast.config import single_line
+
+    breakers = [chr(c) for c in range(0x110000) if len(f"a{chr(c)}b".splitlines()) > 1]
+    text = "ok é ü 中 " + "".join(breakers) + "\x1b[31m"
+    out = single_line(text)
+    assert len(out.splitlines()) == 1 and out.startswith("ok é ü 中 ")
+    assert all(ch not in out for ch in breakers) and "\x1b" not in out

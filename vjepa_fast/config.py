@@ -20,8 +20,17 @@ from typing import Any, Optional
 import yaml
 
 
+def single_line(text: str) -> str:
+    """`text` with every character that could break or hide part of a terminal line (line and record separators,
+    control and format characters) written as its escape, so that a user-facing error stays exactly one line."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class ConfigError(ValueError):
-    """An invalid configuration; the message names the field."""
+    """An invalid configuration; the message names the field and is one line (user input in it is escaped)."""
+
+    def __init__(self, message: str):
+        super().__init__(single_line(str(message)))
 
 
 @dataclass

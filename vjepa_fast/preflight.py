@@ -15,17 +15,20 @@ from typing import Optional
 
 import torch
 
-from vjepa_fast.config import Config, ConfigError, load_config, to_dict
+from vjepa_fast.config import Config, ConfigError, load_config, single_line, to_dict
 
 
 class RunError(RuntimeError):
     """A failure the user can fix; the message is one line naming the problem and the fix."""
 
+    def __init__(self, message: str):
+        super().__init__(single_line(str(message)))
+
 
 def one_line(e: BaseException) -> str:
     """The last non-empty line of an error (a loader worker's error carries the worker's traceback before it)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
+    return single_line(lines[-1]) if lines else type(e).__name__
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
