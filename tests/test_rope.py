@@ -1,5 +1,6 @@
 """V-JEPA 2's rotary positions: the fused op against its definition, packed masked rows against dense attention,
-and a tiny rotary model training with the default loop."""
+a tiny rotary model training with the default loop, and the op's Triton kernel (forced through conftest, run by the
+interpreter on the CPU) against the fp64 definition, forward and backward, into NaN-poisoned outputs."""
 import math
 import sys
 
@@ -10,8 +11,8 @@ from conftest import force_backend
 from vjepa_fast import ops, train
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import MultiBlockMasker, pack_masks
-from vjepa_fast.models.rope import apply_rope_qkv, apply_rope_qkv_reference, grid_positions, rope_segment, \
-    rope_tables
+from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, apply_rope_qkv_reference, grid_positions, \
+    rope_segment, rope_tables
 from vjepa_fast.models.vit import VisionTransformer
 from vjepa_fast.parallel import DistInfo
 from vjepa_fast.schedules import Schedules, wsd_lr_at
@@ -124,6 +125,7 @@ def test_one_table_serves_every_whole_clip():
 
 
 TRITON_ROPE = "vjepa_fast.ops.triton_rope"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel: compiled there, interpreted here
 
 
 @pytest.fixture
@@ -144,6 +146,17 @@ def _case(R, H, Dh, grid, whole_clips, dtype, seed):
     qkv = (torch.randn(R, 3, H, Dh, generator=g, dtype=torch.float64) * 2).to(dtype)
     grad = torch.randn(R, 3, H, Dh, generator=g, dtype=torch.float64).to(dtype)
     return qkv, index, tables, grad
+
+
+def _on_device(*tensors):
+    return [t.to(DEVICE) for t in tensors]
+
+
+def _fast(tables, qkv, grad):
+    """The forced backend's output and input gradient, computed on DEVICE and returned on the CPU."""
+    cos, sin, qkv, grad = _on_device(tables.cos, tables.sin, qkv, grad)
+    out, dqkv = _fwd_bwd(lambda x: apply_rope_qkv(x, RopeTables(cos, sin)), qkv, grad)
+    return out.cpu(), dqkv.cpu()
 
 
 def _fwd_bwd(fn, qkv, grad):
@@ -178,7 +191,7 @@ SHAPES = [(1, 1, 6, (1, 1, 1), False), (13, 3, 7, (2, 3, 3), False), (37, 2, 20,
 @pytest.mark.parametrize("R,H,Dh,grid,whole_clips", SHAPES, ids=[f"R{s[0]}-H{s[1]}-Dh{s[2]}" for s in SHAPES])
 def test_triton_kernel_matches_fp64_forward_and_backward(triton_rope, R, H, Dh, grid, whole_clips, dtype):
     qkv, index, tables, grad = _case(R, H, Dh, grid, whole_clips, dtype, seed=R * 31 + Dh)
-    out, dqkv = _fwd_bwd(lambda x: apply_rope_qkv(x, tables), qkv, grad)
+    out, dqkv = _fast(tables, qkv, grad)
     assert TRITON_ROPE in sys.modules, "the forced Triton backend never imported its kernel"
     assert set(ops.chosen_backends()["rope"].values()) == {"triton"}
     truth, dtruth = _fwd_bwd(lambda x: apply_rope_qkv_reference(x, index, grid), qkv.double(), grad.double())
@@ -196,12 +209,12 @@ def test_triton_kernel_writes_every_element(triton_rope, R, H, Dh, grid, whole_c
     """Launched into NaN-filled outputs, forward and backward give exactly what the op returned: nothing is left
     unwritten."""
     qkv, _, tables, grad = _case(R, H, Dh, grid, whole_clips, torch.float32, seed=R + Dh)
-    out, dqkv = _fwd_bwd(lambda x: apply_rope_qkv(x, tables), qkv, grad)
+    out, dqkv = _fast(tables, qkv, grad)
     kernels = sys.modules[TRITON_ROPE]
-    cos, sin = kernels.working_tables(qkv, tables.cos, tables.sin)
+    qkv, grad, cos, sin = _on_device(qkv, grad, *kernels.working_tables(qkv, tables.cos, tables.sin))
     for x, backward, want in ((qkv, False, out), (grad, True, dqkv)):
         poisoned = torch.full_like(x, float("nan"))
-        assert torch.equal(kernels.rope_qkv_into(poisoned, x, cos, sin, backward), want)
+        assert torch.equal(kernels.rope_qkv_into(poisoned, x, cos, sin, backward).cpu(), want)
 
 
 def test_triton_kernel_copies_non_finite_v_and_keeps_q_k_rows_apart(triton_rope):
@@ -211,7 +224,7 @@ def test_triton_kernel_copies_non_finite_v_and_keeps_q_k_rows_apart(triton_rope)
     qkv[1, 2, 0, 3] = float("inf")
     qkv[2, 2, 1, 4] = float("nan")
     qkv[3, 0, 1, 5] = float("nan")
-    out = apply_rope_qkv(qkv, tables)
+    out, _ = _fast(tables, qkv, torch.ones_like(qkv))
     torch.testing.assert_close(out[:, 2], qkv[:, 2], rtol=0, atol=0, equal_nan=True)
     bad = torch.isnan(out[:, :2])
     assert bad[3, 0, 1, 4:6].all() and int(bad.sum()) == 2  # the NaN and its pair partner, nothing else
