@@ -58,7 +58,7 @@ class Op:
         self.chosen: dict[Hashable, Backend] = {}
         env_var = env_backend_var(name)
         # The process default, what `auto` means for this op: the environment's backend (None: automatic choice).
-        self.default: Optional[str] = self._known(ENV.get(env_var, "").strip() or None, env_var)
+        self.default: Optional[str] = self._known(ENV.get(env_var, "").strip().lower() or None, env_var)
         self.forced: Optional[str] = self.default
         _OPS[name] = self
 
