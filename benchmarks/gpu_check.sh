@@ -163,8 +163,8 @@ bench data 40 benchmarks/test_bench_data.py
 # the same anatomy again, now with the extension and the block sizes tuned above
 run_phase anatomy_after 150 "$PY" benchmarks/step_anatomy.py --tag after "${ANATOMY_ARGS[@]}"
 # the dense target pass through SDPA's cuDNN kernel instead (measured faster alone; not yet in the step)
-VJEPA_FAST_DENSE_ATTENTION_BACKEND=sdpa_cudnn run_phase anatomy_dense_cudnn 150 "$PY" benchmarks/step_anatomy.py \
-  --tag dense_cudnn "${ANATOMY_ARGS[@]}"
+run_phase anatomy_dense_cudnn 150 "$PY" benchmarks/step_anatomy.py --tag dense_cudnn "${ANATOMY_ARGS[@]}" \
+  backends.dense_attention=sdpa_cudnn
 
 # ---- merge, render, pack -----------------------------------------------------------------------------------------
 shopt -s nullglob

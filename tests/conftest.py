@@ -35,9 +35,12 @@ def subprocess_env():
 
 
 def force_backend(op: str, name: str, monkeypatch) -> str:
-    """Force `name` for `op` in one test; C++ backends need the built extension (CUDA ones a GPU, else skip)."""
+    """Force `name` for `op` in one test; C++ backends need the built extension (CUDA ones a GPU, else skip), Triton
+    ones triton (skip without it). Environment variables cannot do this: they are read once, at import."""
     from vjepa_fast import _ext
 
+    if name == "triton":
+        pytest.importorskip("triton")
     if name in ("cpu", "cuda"):
         if os.environ.get("VJEPA_FAST_NO_EXT") == "1":
             pytest.skip("VJEPA_FAST_NO_EXT=1: extension not built")

@@ -1,6 +1,11 @@
 """The backend registry shared by the ops: automatic order, forcing, caching, clear errors, no environment reads
 on any op's call path, and what a run chose."""
+import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +148,98 @@ def test_no_environment_reads_on_any_op_call_path(monkeypatch, forced):
     for call in calls:
         call()
     assert _CountingEnviron.reads == 0
+
+
+# ---- environment defaults: what `auto` means (ops/_backend.py, docs/architecture.md "Backends") --------------------
+
+def test_the_environment_backend_is_what_auto_means(monkeypatch):
+    monkeypatch.setattr(_backend, "ENV", {"VJEPA_FAST_DEMO_BACKEND": "interp"})
+    op = _backend.Op("demo", _backend.Backend("fast", lambda: "fast"), _backend.Backend("interp", lambda: "interp"))
+    try:
+        assert op.forced == "interp" and op.choose(("cpu",)).name == "interp"
+        for auto in ("auto", None):  # a config's `auto` (ops.configure) keeps the environment's choice
+            _backend.set_backend("demo", auto)
+            assert _backend.forced_backend("demo") == "interp" and op.choose(("cpu",)).name == "interp"
+        _backend.set_backend("demo", "fast")  # a config key naming a backend overrides it
+        assert op.choose(("cpu",)).name == "fast"
+        _backend.set_backend("demo", "auto")
+        assert op.choose(("cpu",)).name == "interp"  # and back to the process default, not past it
+    finally:
+        del _backend._OPS["demo"]
+    monkeypatch.setattr(_backend, "ENV", {"VJEPA_FAST_DEMO_BACKEND": "fats"})
+    with pytest.raises(ValueError, match="VJEPA_FAST_DEMO_BACKEND: unknown backend 'fats'; choose one of auto, fast"):
+        _backend.Op("demo", _backend.Backend("fast", lambda: "fast"))
+    assert "demo" not in _backend.op_names()
+
+
+def _child(code: str, env: dict) -> dict:
+    """Run `code` in a fresh interpreter (the environment is read once, at import) and return the JSON it prints."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_trainer_keeps_the_environment_backend_under_auto(subprocess_env, tmp_path):
+    """VJEPA_FAST_<OP>_BACKEND survives the Trainer's ops.configure(cfg.backends) for every op the config leaves at
+    `auto`, and a config key naming a backend wins over it; the step then runs on those backends."""
+    env = dict(subprocess_env, VJEPA_FAST_GATHER_BACKEND="reference", VJEPA_FAST_EMA_BACKEND="reference")
+    got = _child(f"""
+        import json, torch
+        from vjepa_fast import ops, train
+        from vjepa_fast.config import load_config
+        from vjepa_fast.ops import _backend
+        from vjepa_fast.parallel import DistInfo
+        cfg = load_config(None, ["run_dir={tmp_path / 'run'}", "backends.ema=foreach", "train.steps=1",
+                                 "train.batch_size=2", "train.progress=false", "data.num_workers=0",
+                                 "data.num_frames=4", "data.crop_size=32", "optim.warmup_steps=1"])
+        train.Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"))).run()
+        forced = {{op: _backend.forced_backend(op) for op in ("gather", "ema", "l1_loss")}}
+        print(json.dumps({{"forced": forced, "chosen": ops.chosen_backends()}}))
+        """, env)
+    assert got["forced"] == {"gather": "reference", "ema": "foreach", "l1_loss": None}
+    assert set(got["chosen"]["gather"].values()) == {"reference"}
+    assert set(got["chosen"]["ema"].values()) == {"foreach"}
+
+
+def test_preflight_names_the_environment_variable_whose_backend_cannot_run(monkeypatch):
+    from vjepa_fast import preflight
+    from vjepa_fast.config import load_config
+
+    gather = _backend._op("gather")
+    for attr in ("default", "forced", "chosen"):
+        monkeypatch.setattr(gather, attr, getattr(gather, attr))
+    gather.default = "cuda"  # as VJEPA_FAST_GATHER_BACKEND=cuda at import
+    cfg = load_config(None, [])
+    ops.configure(cfg.backends)
+    words = r"VJEPA_FAST_GATHER_BACKEND=cuda \(what backends.gather=auto means here\) cannot run here .*; unset VJEPA"
+    with pytest.raises(preflight.RunError, match=words):
+        preflight.check_backends(cfg, torch.device("cpu"), torch.float32)
+
+
+def test_every_forced_triton_backend_imports_its_kernels(subprocess_env):
+    """In a fresh process no Triton kernel module is imported; forcing `triton` for every op that has it and running
+    each once (the preflight probes) must choose it and import every kernel file of the package. An op whose forcing
+    does not reach its kernel (a test comparing a path with itself) fails here."""
+    pytest.importorskip("triton")
+    got = _child("""
+        import json, sys, torch
+        import vjepa_fast.models.rope  # registers the rope op
+        from vjepa_fast import ops, preflight
+        from vjepa_fast.config import load_config
+        from vjepa_fast.ops import _backend
+        def kernels():
+            return sorted(m for m in sys.modules if m.startswith("vjepa_fast.ops.triton_"))
+        triton_ops = [op for op in _backend.op_names() if "triton" in _backend.backend_names(op)]
+        before = kernels()
+        cfg = load_config(None, [f"backends.{op}=triton" for op in triton_ops])
+        ops.configure(cfg.backends)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        preflight.check_backends(cfg, device, torch.float32)
+        print(json.dumps({"ops": triton_ops, "before": before, "after": kernels(), "chosen": ops.chosen_backends()}))
+        """, subprocess_env)
+    files = sorted(f"vjepa_fast.ops.{p.stem}" for p in (Path(_backend.__file__).parent).glob("triton_*.py"))
+    assert {"attention", "dense_attention", "l1_loss", "rope"} <= set(got["ops"])
+    assert got["before"] == [] and got["after"] == files
+    for op in got["ops"]:
+        assert set(got["chosen"].get(op, {}).values()) == {"triton"}, (op, got["chosen"].get(op))

@@ -1,21 +1,24 @@
 """V-JEPA 2's rotary positions: the fused op against its definition, packed masked rows against dense attention,
-and a tiny rotary model training with the default loop."""
+a tiny rotary model training with the default loop, and the op's Triton kernel (forced through conftest, run by the
+interpreter on the CPU) against the fp64 definition, forward and backward, into NaN-poisoned outputs."""
 import math
+import sys
 
 import pytest
 import torch
 
-from vjepa_fast import train
+from conftest import force_backend
+from vjepa_fast import ops, train
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import MultiBlockMasker, pack_masks
-from vjepa_fast.models.rope import apply_rope_qkv, apply_rope_qkv_reference, grid_positions, rope_segment, \
-    rope_tables
+from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, apply_rope_qkv_reference, grid_positions, \
+    rope_segment, rope_tables
 from vjepa_fast.models.vit import VisionTransformer
 from vjepa_fast.parallel import DistInfo
 from vjepa_fast.schedules import Schedules, wsd_lr_at
 
 
-@pytest.mark.parametrize("head_dim", [6, 16, 24, 64, 88])
+@pytest.mark.parametrize("head_dim", [6, 7, 11, 16, 24, 64, 88])
 def test_fused_rotation_matches_the_definition(head_dim):
     torch.manual_seed(head_dim)
     grid = (3, 5, 7)
@@ -121,20 +124,107 @@ def test_one_table_serves_every_whole_clip():
         apply_rope_qkv(qkv[:-1], rope_tables(torch.arange(N), grid, Dh))
 
 
-def test_triton_kernel_matches_the_torch_op_forward_and_backward(monkeypatch):
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    torch.manual_seed(5)
-    grid, Dh = (2, 3, 3), 20  # rotary segments of 6 and a 2-channel tail
-    qkv = torch.randn(2 * 18, 3, 2, Dh, requires_grad=True)
-    for index in (torch.arange(18), torch.randint(0, 18, (36,))):  # one table for whole clips / one row each
-        tables = rope_tables(index, grid, Dh)
-        grad = torch.randn(36, 3, 2, Dh)
-        monkeypatch.setenv("VJEPA_FAST_ROPE_BACKEND", "torch")
-        want = apply_rope_qkv(qkv, tables)
-        (want_grad,) = torch.autograd.grad(want, qkv, grad)
-        monkeypatch.setenv("VJEPA_FAST_ROPE_BACKEND", "triton")
-        got = apply_rope_qkv(qkv, tables)
-        (got_grad,) = torch.autograd.grad(got, qkv, grad)
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+TRITON_ROPE = "vjepa_fast.ops.triton_rope"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel: compiled there, interpreted here
+
+
+@pytest.fixture
+def triton_rope(monkeypatch):
+    """The rope op with its Triton backend forced for one test (interpreted on the CPU: tests/conftest.py)."""
+    force_backend("rope", "triton", monkeypatch)
+
+
+def _case(R, H, Dh, grid, whole_clips, dtype, seed):
+    """qkv [R, 3, H, Dh] in `dtype`, the token index of each row, the tables (one per clip position when
+    `whole_clips`, R a multiple of the clip's N, else one per row) and an upstream gradient."""
+    g = torch.Generator().manual_seed(seed)
+    N = math.prod(grid)
+    index = torch.arange(R) % N if whole_clips else torch.randint(0, N, (R,), generator=g)
+    table_index = torch.arange(N) if whole_clips else index
+    tables = rope_tables(table_index, grid, Dh, torch.float64 if dtype == torch.float64 else torch.float32)
+    # drawn in float64, so float64 inputs use all their bits (float32 draws would hide a float32 computation)
+    qkv = (torch.randn(R, 3, H, Dh, generator=g, dtype=torch.float64) * 2).to(dtype)
+    grad = torch.randn(R, 3, H, Dh, generator=g, dtype=torch.float64).to(dtype)
+    return qkv, index, tables, grad
+
+
+def _on_device(*tensors):
+    return [t.to(DEVICE) for t in tensors]
+
+
+def _fast(tables, qkv, grad):
+    """The forced backend's output and input gradient, computed on DEVICE and returned on the CPU."""
+    cos, sin, qkv, grad = _on_device(tables.cos, tables.sin, qkv, grad)
+    out, dqkv = _fwd_bwd(lambda x: apply_rope_qkv(x, RopeTables(cos, sin)), qkv, grad)
+    return out.cpu(), dqkv.cpu()
+
+
+def _fwd_bwd(fn, qkv, grad):
+    x = qkv.detach().clone().requires_grad_(True)
+    out = fn(x)
+    (dx,) = torch.autograd.grad(out, x, grad)
+    return out.detach(), dx
+
+
+def _assert_rule(what, fast, same, truth):
+    """docs/testing.md: at most twice as far from the fp64 truth as the definition in the same dtype, plus four ulps
+    of the result's scale (the tables are float32, and the fast path rounds twice where the definition rounds once)."""
+    assert fast.shape == truth.shape and fast.dtype == same.dtype, what
+    assert torch.isfinite(fast).all(), f"{what}: non-finite (unwritten) elements"
+    if truth.numel() == 0:
+        return
+    err = (fast.double() - truth).abs().max().item()
+    err_same = (same.double() - truth).abs().max().item()
+    slack = 4 * torch.finfo(same.dtype).eps * truth.abs().max().item()
+    assert err <= 2 * err_same + slack, f"{what}: error {err:.3g} vs definition {err_same:.3g} (+{slack:.3g})"
+
+
+# Awkward sizes: one row, primes, empty; head dims with no tail (6), a tail (20, 88), odd (7, 11: the last channel
+# is its own pair partner); rows per program straddled (R not a multiple of BLOCK_R), H * Dh not a power of 2.
+SHAPES = [(1, 1, 6, (1, 1, 1), False), (13, 3, 7, (2, 3, 3), False), (37, 2, 20, (3, 5, 7), False),
+          (2 * 18, 5, 11, (2, 3, 3), True), (3 * 12, 4, 88, (2, 2, 3), True), (0, 2, 20, (2, 3, 3), False),
+          (29, 16, 64, (3, 5, 7), False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64],
+                         ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("R,H,Dh,grid,whole_clips", SHAPES, ids=[f"R{s[0]}-H{s[1]}-Dh{s[2]}" for s in SHAPES])
+def test_triton_kernel_matches_fp64_forward_and_backward(triton_rope, R, H, Dh, grid, whole_clips, dtype):
+    qkv, index, tables, grad = _case(R, H, Dh, grid, whole_clips, dtype, seed=R * 31 + Dh)
+    out, dqkv = _fast(tables, qkv, grad)
+    assert TRITON_ROPE in sys.modules, "the forced Triton backend never imported its kernel"
+    assert set(ops.chosen_backends()["rope"].values()) == {"triton"}
+    truth, dtruth = _fwd_bwd(lambda x: apply_rope_qkv_reference(x, index, grid), qkv.double(), grad.double())
+    same, dsame = _fwd_bwd(lambda x: apply_rope_qkv_reference(x, index, grid), qkv, grad)
+    _assert_rule("out", out, same, truth)
+    _assert_rule("dqkv", dqkv, dsame, dtruth)
+    # v and its gradient are copies, the unrotated tail too (cos 1, sin 0: one exact product, one exact add)
+    assert torch.equal(out[:, 2], qkv[:, 2]) and torch.equal(dqkv[:, 2], grad[:, 2])
+    d = rope_segment(Dh)
+    assert torch.equal(out[:, :2, :, 3 * d:], qkv[:, :2, :, 3 * d:])
+
+
+@pytest.mark.parametrize("R,H,Dh,grid,whole_clips", SHAPES[1:5], ids=[f"R{s[0]}-Dh{s[2]}" for s in SHAPES[1:5]])
+def test_triton_kernel_writes_every_element(triton_rope, R, H, Dh, grid, whole_clips):
+    """Launched into NaN-filled outputs, forward and backward give exactly what the op returned: nothing is left
+    unwritten."""
+    qkv, _, tables, grad = _case(R, H, Dh, grid, whole_clips, torch.float32, seed=R + Dh)
+    out, dqkv = _fast(tables, qkv, grad)
+    kernels = sys.modules[TRITON_ROPE]
+    qkv, grad, cos, sin = _on_device(qkv, grad, *kernels.working_tables(qkv, tables.cos, tables.sin))
+    for x, backward, want in ((qkv, False, out), (grad, True, dqkv)):
+        poisoned = torch.full_like(x, float("nan"))
+        assert torch.equal(kernels.rope_qkv_into(poisoned, x, cos, sin, backward).cpu(), want)
+
+
+def test_triton_kernel_copies_non_finite_v_and_keeps_q_k_rows_apart(triton_rope):
+    """inf / NaN in v stay exactly where they are (a copy, not v * 1 + neighbour * 0), and one row's NaN in q
+    does not reach another row or head."""
+    qkv, _, tables, _ = _case(6, 2, 20, (1, 2, 3), True, torch.float32, seed=9)
+    qkv[1, 2, 0, 3] = float("inf")
+    qkv[2, 2, 1, 4] = float("nan")
+    qkv[3, 0, 1, 5] = float("nan")
+    out, _ = _fast(tables, qkv, torch.ones_like(qkv))
+    torch.testing.assert_close(out[:, 2], qkv[:, 2], rtol=0, atol=0, equal_nan=True)
+    bad = torch.isnan(out[:, :2])
+    assert bad[3, 0, 1, 4:6].all() and int(bad.sum()) == 2  # the NaN and its pair partner, nothing else

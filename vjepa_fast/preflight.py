@@ -76,14 +76,18 @@ def check_backends(cfg: Config, device: torch.device, dtype: torch.dtype) -> Non
                                        rope_tables(torch.tensor([0, 1], device=device), (1, 1, 2), dh)),
     }
     for op in _backend.op_names():
-        name = getattr(cfg.backends, op)
-        if name == "auto":
+        name = _backend.forced_backend(op)  # the config's choice, or under `auto` the environment's (ops.configure)
+        if name is None:
             continue
+        env = _backend.env_backend_var(op)
+        by_env = getattr(cfg.backends, op) == "auto"
+        what = f"{env}={name} (what backends.{op}=auto means here)" if by_env else f"backends.{op}={name}"
+        fix = f"unset {env}" if by_env else f"use backends.{op}=auto"
         try:
             probes[op]()
         except (RuntimeError, ValueError, ImportError) as e:
-            raise RunError(f"backends.{op}={name} cannot run here ({one_line(e)}); use backends.{op}=auto or "
-                           f"another backend (python -m vjepa_fast.train --help lists them)") from None
+            raise RunError(f"{what} cannot run here ({one_line(e)}); {fix} or name another backend in "
+                           f"backends.{op} (python -m vjepa_fast.train --help lists them)") from None
 
 
 # ---- weights to start from -----------------------------------------------------------------------------------------

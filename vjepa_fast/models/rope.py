@@ -79,24 +79,27 @@ def rope_tables(index: torch.Tensor, grid: Grid, head_dim: int, dtype: torch.dty
 
 
 def _pair_swap(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...) along the last dim."""
-    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...) along the last dim; an odd last channel (never rotated: its sin
+    is 0) stays where it is."""
+    even = x.shape[-1] - x.shape[-1] % 2
+    swapped = x[..., :even].unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return swapped if even == x.shape[-1] else torch.cat([swapped, x[..., even:]], dim=-1)
 
 
 def apply_rope_qkv(qkv: torch.Tensor, tables: RopeTables) -> torch.Tensor:
     """Rotate q and k of qkv [R, 3, H, Dh] by the tables' positions; v is passed through. Returns [R, 3, H, Dh].
 
     The tables have R rows, or R / B rows for B whole clips back to back (the dense path: one table of N rows
-    serves every clip). Computed in float32 and rounded once to qkv's dtype; one elementwise expression over q and
-    k together."""
+    serves every clip; no rows at all: empty tables). Computed in float32 (float64 for float64 qkv or tables) and
+    rounded once to qkv's dtype; one elementwise expression over q and k together."""
     R, P = qkv.shape[0], tables.cos.shape[0]
-    if qkv.dim() != 4 or qkv.shape[1] != 3 or qkv.shape[3] != tables.cos.shape[1] or P == 0 or R % P:
+    if qkv.dim() != 4 or qkv.shape[1] != 3 or qkv.shape[3] != tables.cos.shape[1] or (R % P if P else R):
         raise ValueError(f"apply_rope_qkv: qkv must be [R, 3, H, Dh] with R a multiple of the tables' rows "
                          f"{tuple(tables.cos.shape)}, got {tuple(qkv.shape)}")
     if not torch.compiler.is_compiling() and ROPE.choose(qkv.device.type).name == "triton":
         return _triton.load("triton_rope").rope_qkv_triton(qkv, tables.cos, tables.sin)
     work = torch.promote_types(qkv.dtype, tables.cos.dtype)  # float32 for 16-bit qkv, float64 for float64
-    qk = qkv[:, :2].to(work).reshape(R // P, P, 2, *qkv.shape[2:])
+    qk = qkv[:, :2].to(work).reshape(R // P if P else 1, P, 2, *qkv.shape[2:])
     cos, sin = tables.cos[:, None, None, :].to(work), tables.sin[:, None, None, :].to(work)
     rotated = (qk * cos + _pair_swap(qk) * sin).to(qkv.dtype).reshape(R, 2, *qkv.shape[2:])
     return torch.cat([rotated, qkv[:, 2:]], dim=1)

@@ -1,5 +1,7 @@
-"""The four ops of a V-JEPA step, each with a plain definition (`*_reference`) and backends chosen by one
-registry (ops/_backend.py)."""
+"""The ops of a V-JEPA step, each with a plain definition (`*_reference`) and backends chosen by one registry
+(ops/_backend.py). Six ops are registered: `gather` (indexed_gather_add), `attention` and `dense_attention` (both
+varlen_attention: packed, and dense with `uniform_len`), `l1_loss` (l1_target_loss), `ema` (ema_update_), and `rope`
+(V-JEPA 2's rotary q/k, vjepa_fast.models.rope.apply_rope_qkv, whose Triton kernel is ops/triton_rope.py)."""
 from vjepa_fast.ops._backend import chosen_backends, configure, set_backend
 from vjepa_fast.ops.attention import varlen_attention
 from vjepa_fast.ops.ema import ema_update_

@@ -12,7 +12,11 @@ fallback.
 
 Environment variables are read once, when this module is imported, as process defaults under the config:
 `VJEPA_FAST_<OP>_BACKEND`, `VJEPA_FAST_FLASH_BWD`, `VJEPA_FAST_FLASH_TUNING`, `VJEPA_FAST_CHECK_INDICES` and
-`TRITON_INTERPRET` (docs/architecture.md, "Backends"). Nothing on an op's call path reads the environment.
+`TRITON_INTERPRET` (docs/architecture.md, "Backends"). One rule for all of them: the environment's value is what
+`auto` (or None, or an unset config key) means, and a config value naming a choice overrides it. So
+`VJEPA_FAST_ROPE_BACKEND=triton` forces the Triton rope in every run whose config says `backends.rope: auto`, and
+`set_backend(op, None)` returns an op to the process default, not past it. Nothing on an op's call path reads the
+environment.
 """
 from __future__ import annotations
 
@@ -51,15 +55,24 @@ class Op:
             raise ValueError(f"op {name!r} is registered twice")
         self.name = name
         self.backends: dict[str, Backend] = {b.name: b for b in backends}
-        self.forced: Optional[str] = None
         self.chosen: dict[Hashable, Backend] = {}
+        env_var = env_backend_var(name)
+        # The process default, what `auto` means for this op: the environment's backend (None: automatic choice).
+        self.default: Optional[str] = self._known(ENV.get(env_var, "").strip().lower() or None, env_var)
+        self.forced: Optional[str] = self.default
         _OPS[name] = self
-        self.force(ENV.get(f"VJEPA_FAST_{name.upper()}_BACKEND"))
+
+    def _known(self, name: Optional[str], source: str) -> Optional[str]:
+        """`name` as a forced choice (None for None / "auto"); ValueError naming `source` if no such backend."""
+        if name is None or name == "auto":
+            return None
+        if name not in self.backends:
+            raise ValueError(f"{source}: unknown backend {name!r}; choose one of auto, {', '.join(self.backends)}")
+        return name
 
     def force(self, name: Optional[str]) -> None:
-        if name is not None and name != "auto" and name not in self.backends:
-            raise ValueError(f"{self.name}: unknown backend {name!r}; choose one of auto, {', '.join(self.backends)}")
-        self.forced = None if name in (None, "auto") else name
+        """Force backend `name`; None or "auto": the process default (VJEPA_FAST_<OP>_BACKEND, else automatic)."""
+        self.forced = self._known(name, self.name) or self.default
         self.chosen.clear()
 
     def choose(self, key: Hashable) -> Backend:
@@ -91,6 +104,11 @@ class Op:
 _OPS: dict[str, Op] = {}
 
 
+def env_backend_var(op: str) -> str:
+    """The environment variable whose backend is `op`'s process default."""
+    return f"VJEPA_FAST_{op.upper()}_BACKEND"
+
+
 TRACED = "(traced by torch.compile)"  # the key under which chosen_backends() lists choices made while tracing
 
 
@@ -110,12 +128,13 @@ def _op(name: str) -> Op:
 
 
 def set_backend(op: str, name: Optional[str]) -> None:
-    """Force backend `name` for `op` in this process (None or "auto": automatic choice again)."""
+    """Force backend `name` for `op` in this process (None or "auto": the process default again, i.e. the backend
+    VJEPA_FAST_<OP>_BACKEND named when vjepa_fast was imported, else automatic choice)."""
     _op(op).force(name)
 
 
 def forced_backend(op: str) -> Optional[str]:
-    """The backend forced for `op` (None: automatic choice)."""
+    """The backend forced for `op`, by the config or the environment (None: automatic choice)."""
     return _op(op).forced
 
 
@@ -193,7 +212,9 @@ def set_attention_tuning(path: Optional[str]) -> None:
 
 
 def configure(backends) -> None:
-    """Apply a config's `backends` section (vjepa_fast.config.BackendsConfig): forced choices and attention settings."""
+    """Apply a config's `backends` section (vjepa_fast.config.BackendsConfig): forced choices and attention settings.
+    Every key is applied, so a choice an earlier config made does not linger; `auto` / null keys fall back to the
+    environment's defaults (module docstring), never past them."""
     for op in op_names():
         set_backend(op, getattr(backends, op))
     set_attention_backward(backends.attention_backward)
