@@ -159,7 +159,15 @@ def table_grid(table: torch.Tensor, kind: str, candidates: Sequence[Optional[Gri
         flat = table.reshape(n, dim).double()
         tol = max(1e-4, 8 * torch.finfo(table.dtype).eps) if table.is_floating_point() else 1e-4
         squares = [(n // (s * s), s, s) for s in range(1, math.isqrt(n) + 1) if n % (s * s) == 0]
-        found = [g for g in squares if (flat - sincos_3d(g, dim).double()).abs().max().item() <= tol]
+        # a cheap first look: the first channel of each axis's block (c = 2 ceil(dim / 6) wide) is sin(position)
+        c, idx = 2 * math.ceil(dim / 6), torch.arange(n, dtype=torch.float64)
+        first = [a * c for a in range(3) if a * c < dim]
+
+        def plausible(g: Grid) -> bool:
+            pos = torch.stack([idx // (g[1] * g[2]), (idx // g[2]) % g[1], idx % g[2]])[:len(first)]
+            return (flat[:, first] - torch.sin(pos.T)).abs().max().item() <= tol
+
+        found = [g for g in squares if plausible(g) and (flat - sincos_3d(g, dim).double()).abs().max().item() <= tol]
         if len(found) == 1:
             return found[0]
     return next((g for g in candidates if g is not None and math.prod(g) == n), None)
