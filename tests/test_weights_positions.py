@@ -223,6 +223,10 @@ def test_export_cli_takes_overrides_anywhere_and_writes_usual_modes(tmp_path, ca
         for f in files:
             assert os.stat(f).st_mode & 0o777 == 0o666 & ~umask, (f, oct(os.stat(f).st_mode))
         assert load_encoder(out).num_heads == 4
+    # a safetensors file is told by its name: one that could not be read back is refused before any work
+    rc = export_main([str(tmp_path / "odd.pt"), "--format", "safetensors", "--out", str(tmp_path / "x.pt")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 1 and len(err) == 1 and ".safetensors" in err[0] and not (tmp_path / "x.pt").exists()
 
 
 def test_a_sincos_model_to_hugging_face_is_one_line_saying_what_to_do(tmp_path, capsys):

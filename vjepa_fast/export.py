@@ -42,6 +42,9 @@ def export(source: str, fmt: str, out: str, online: bool = False, predictor: boo
     from vjepa_fast.weights.load import pick_encoder, resolve_arch
     from vjepa_fast.weights.write import write_hf, write_reference, write_safetensors
 
+    if fmt == "safetensors" and not out.endswith(".safetensors"):  # refused before any work
+        raise CheckpointFormatError(f"--out {out}: a safetensors export is read back by its name, so it must end in "
+                                    f".safetensors")
     w = read_weights(source)
     which, encoder = pick_encoder(w, online)
     arch = resolve_arch(w, encoder, None, overrides)[0]

@@ -184,7 +184,7 @@ def position_kind(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str
 
     No `pos_embed`: rotary (V-JEPA 2). A table in the file is still read as rotary when the predictor says so: a
     sin-cos predictor always carries its predictor_pos_embed, and V-JEPA 2's published predictor (384 wide, 12 blocks,
-    10 mask tokens) is rotary; such a stray table is ignored (load.load_part warns), as V-JEPA 2's own loader does."""
+    10 mask tokens) is rotary; such a stray table is ignored (formats.py warns), as V-JEPA 2's own loader does."""
     table = encoder.get("pos_embed")
     if table is None:
         return "rope", "no pos_embed"
