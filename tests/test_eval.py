@@ -156,7 +156,8 @@ def test_loads_target_or_online_encoder_from_every_format(run_dir):
     ev.load_encoder_weights(enc, ckpt_file, False)
     assert enc.pos_embed.shape[1] == 3 * 3 * 3 != model["target_encoder.pos_embed"].shape[1]
     trained = VisionTransformer("tiny", img_size=32, num_frames=4)
-    trained.load_state_dict({k[len("target_encoder."):]: v for k, v in model.items() if k.startswith("target_encoder.")})
+    target = "target_encoder."
+    trained.load_state_dict({k[len(target):]: v for k, v in model.items() if k.startswith(target)})
     torch.testing.assert_close(enc.pos_embed[0], trained.pos_table((3, 3, 3)), rtol=0, atol=0)
     for k, v in enc.state_dict().items():
         if k != "pos_embed":

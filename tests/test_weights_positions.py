@@ -29,7 +29,7 @@ def tiny(frames, crop, *extra, seed=0):
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
     return cfg, model
 
