@@ -6,8 +6,9 @@ Hugging Face directory, a safetensors file). The target (EMA) encoder is exporte
 the predictor (always included for hf, whose VJEPA2Model holds one). Formats (docs/weights.md):
 - safetensors: one file, the model config in its metadata (vjepa_fast.load_encoder reads it back alone);
 - reference: the original code's layout (encoder / target_encoder / predictor dicts, module.backbone. prefixes);
-- hf: a directory transformers' VJEPA2Model.from_pretrained loads (rotary models only).
-Overrides name ModelArch fields for files that cannot tell them, e.g. num_heads=16.
+- hf: a directory transformers' VJEPA2Model.from_pretrained loads (rotary models, model.pos_embed=rope, only:
+  VJEPA2Model has no position table), or VideoMAEModel for the VideoMAE baseline.
+Overrides (anywhere on the line) name ModelArch fields for files that cannot tell them, e.g. num_heads=16.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def parse_args(argv: Optional[list[str]]):
     p.add_argument("--online", action="store_true", help="export the online encoder, not the EMA target")
     p.add_argument("--predictor", action="store_true", help="include the predictor")
     p.add_argument("overrides", nargs="*", help="ModelArch fields the file cannot tell, e.g. num_heads=16")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value overrides anywhere, as train takes them
 
 
 def export(source: str, fmt: str, out: str, online: bool = False, predictor: bool = False,
@@ -41,9 +42,12 @@ def export(source: str, fmt: str, out: str, online: bool = False, predictor: boo
     from vjepa_fast.weights.load import pick_encoder, resolve_arch
     from vjepa_fast.weights.write import write_hf, write_reference, write_safetensors
 
+    if fmt == "safetensors" and not out.endswith(".safetensors"):  # refused before any work
+        raise CheckpointFormatError(f"--out {out}: a safetensors export is read back by its name, so it must end in "
+                                    f".safetensors")
     w = read_weights(source)
     which, encoder = pick_encoder(w, online)
-    arch = resolve_arch(w, encoder, None, overrides)
+    arch = resolve_arch(w, encoder, None, overrides)[0]
     enc_part = "encoder" if which == "online" else "target_encoder"
     videomae = arch.method == "videomae"
     pred_part = "decoder" if videomae else "predictor"
@@ -53,6 +57,9 @@ def export(source: str, fmt: str, out: str, online: bool = False, predictor: boo
         raise CheckpointFormatError(f"{w.format} {w.source}: has no {pred_part} to export")
     if videomae and fmt == "hf" and pred is not None:
         raise CheckpointFormatError("--predictor: the Hugging Face VideoMAEModel holds the encoder only")
+    if arch.pos_embed == "rope":  # a rotary model has no position table: a stray one (formats.py warned) stays out
+        encoder = {k: v for k, v in encoder.items() if k != "pos_embed"}
+        pred = {k: v for k, v in pred.items() if k != "predictor_pos_embed"} if pred is not None else None
     parts = {enc_part: encoder, **({pred_part: pred} if pred is not None else {})}
     if fmt == "safetensors":
         write_safetensors(parts, arch, out)

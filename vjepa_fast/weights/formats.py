@@ -5,7 +5,8 @@ Formats, told apart by what the file holds (docs/weights.md):
 - a run directory (its newest checkpoint; the architecture from the checkpoint or the run's config.yaml);
 - a training checkpoint of this project (`model` with encoder.* / target_encoder.* / predictor.* / decoder.*);
 - a reference file of V-JEPA or V-JEPA 2 (`encoder` / `target_encoder` / `predictor` dicts, wrapper prefixes);
-  V-JEPA 2 files have no `pos_embed` (rotary positions);
+  V-JEPA 2 files have no `pos_embed` (rotary positions), or one their predictor shows to be stray
+  (arch.position_kind);
 - a Hugging Face VJEPA2Model directory (config.json + model.safetensors or pytorch_model.bin), or that weights file;
 - a safetensors file written by this project (the model config in its metadata);
 - a bare encoder state dict.
@@ -22,7 +23,7 @@ from typing import Any, Optional
 import torch
 
 from vjepa_fast.weights import hf, hf_videomae
-from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch
+from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch, position_kind
 from vjepa_fast.weights.reference import PARTS, strip_prefixes
 
 log = logging.getLogger("vjepa_fast.weights")
@@ -112,9 +113,17 @@ def _read_torch_file(p: Path, payload: Any, run_cfg: Optional[Path] = None) -> W
     found = {k: strip_prefixes(payload[k]) for k in PARTS if isinstance(payload.get(k), dict) and payload[k]}
     if found:
         enc = found.get("encoder") or found.get("target_encoder")
-        kind = "V-JEPA 2 reference file (rotary positions)" if "pos_embed" not in enc \
-            else "V-JEPA reference file (sin-cos positions)"
-        return Weights(kind, p, found)
+        if enc is None:
+            raise CheckpointFormatError(f"{p}: a reference file without encoder weights (parts: {sorted(found)})")
+        rotary, why = position_kind(enc, found.get("predictor"))
+        if rotary != "rope":
+            return Weights("V-JEPA reference file (sin-cos positions)", p, found)
+        stray = [t for t, part in (("pos_embed", enc), ("predictor_pos_embed", found.get("predictor") or {}))
+                 if t in part]
+        if stray:  # rotary models have no table: load_part and export leave these out
+            log.warning("%s: read as V-JEPA 2, rotary positions (%s): its %s ignored, as V-JEPA 2's own loader does "
+                        "(pass pos_embed=sincos if it is a V-JEPA file)", p, why, " and ".join(stray))
+        return Weights("V-JEPA 2 reference file (rotary positions)", p, found)
     state = strip_prefixes(payload) if all(isinstance(v, torch.Tensor) for v in payload.values()) else {}
     if "patch_embed.proj.weight" in state:
         return Weights("bare encoder state dict", p, {"encoder": state})

@@ -135,8 +135,9 @@ def arch_from_config(c: dict[str, Any], where: str) -> ModelArch:
 def config_from_arch(arch: ModelArch) -> dict[str, Any]:
     """The config.json of an exported VJEPA2Model directory."""
     if arch.pos_embed != "rope":
-        raise CheckpointFormatError("the Hugging Face VJEPA2Model has rotary positions only; this model uses a "
-                                    "sin-cos table (export it as safetensors or reference instead)")
+        raise CheckpointFormatError("the Hugging Face VJEPA2Model has rotary positions only and this model has a "
+                                    "sin-cos position table (export it with --format safetensors or reference, or "
+                                    "export a model trained with model.pos_embed=rope)")
     return {"model_type": MODEL_TYPE, "architectures": ["VJEPA2Model"], "hidden_size": arch.embed_dim,
             "num_hidden_layers": arch.depth, "num_attention_heads": arch.num_heads, "mlp_ratio": arch.mlp_ratio,
             "patch_size": arch.patch_size, "tubelet_size": arch.tubelet_size, "in_chans": arch.in_chans,

@@ -20,14 +20,23 @@ def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def write_safetensors(parts: dict[str, dict[str, torch.Tensor]], arch: ModelArch, path: str | Path) -> Path:
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """save_file through a temporary name, then the mode any new file gets (0666 less the umask): safetensors
+    creates its file 0600."""
     from safetensors.torch import save_file
 
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def write_safetensors(parts: dict[str, dict[str, torch.Tensor]], arch: ModelArch, path: str | Path) -> Path:
     path = Path(path)
     flat = {f"{part}.{k}": v for part, state in parts.items() for k, v in _plain(state).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp), metadata={"format": SAFETENSORS_FORMAT, "model_config": json.dumps(arch.to_dict())})
-    os.replace(tmp, path)
+    _save_safetensors(flat, path, {"format": SAFETENSORS_FORMAT, "model_config": json.dumps(arch.to_dict())})
     return path
 
 
@@ -35,8 +44,6 @@ def write_hf(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str, tor
              out_dir: str | Path) -> Path:
     """A directory transformers loads: config.json + model.safetensors of a VJEPA2Model (V-JEPA models with rotary
     positions) or a VideoMAEModel (the VideoMAE baseline's encoder)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     videomae = arch.method == "videomae"
     # refuses an architecture the target class cannot hold before anything is written
@@ -46,9 +53,7 @@ def write_hf(encoder: dict[str, torch.Tensor], predictor: Optional[dict[str, tor
     if out.exists() and (not out.is_dir() or set(os.listdir(out)) - ours):
         raise CheckpointFormatError(f"{out}: exists and is not an exported model directory; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "model.safetensors.tmp"
-    save_file(_plain(state), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
+    _save_safetensors(_plain(state), out / "model.safetensors", {"format": "pt"})
     (out / "config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
     os.replace(out / "config.json.tmp", out / "config.json")
     return out
