@@ -4,11 +4,13 @@ Layout of one checkpoint, `<run_dir>/checkpoints/step_XXXXXXXX/`:
 - `__<rank>_0.distcp`: that rank's shards of the model and optimizer state (one file per rank, no gather);
 - `.metadata`: DCP's index of every tensor chunk (written by rank 0 after every rank finished writing);
 - `loop.pt`: the loop state (step, data error counts, world size) and `config.yaml`: the resolved config;
-- `checksums.json`: size and CRC-32 of every shard, `.metadata` and `loop.pt`, taken at save time (shard_sums.py).
+- `checksums.json`: size and CRC-32 of every shard, `.metadata` and `loop.pt`, taken at save time
+  (shard_sums.py).
 It is written under `step_XXXXXXXX.tmp/` and renamed by rank 0 once every rank's files are fsynced, so a name
 without `.tmp` is always complete. Reading one runs no code from it (dcp_safe.py), and a checkpoint whose files
-differ from what was written is named as damaged (`check_intact`) before anything is loaded from it. A checkpoint reshards on load (any world size, HSDP or not) and loads into one
-process for inspection (`load_payload`). Single-file `step_XXXXXXXX.pt` checkpoints of earlier versions still load.
+differ from what was written is named as damaged (`check_intact`) before anything is loaded from it. A checkpoint
+reshards on load (any world size, HSDP or not) and loads into one process for inspection (`load_payload`).
+Single-file `step_XXXXXXXX.pt` checkpoints of earlier versions still load.
 """
 from __future__ import annotations
 
@@ -242,13 +244,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 @contextlib.contextmanager
 def _single_process_ok():
     """DCP warns that it "assumes a single process" when there is no process group: here that is the intent."""
@@ -353,8 +348,8 @@ class Checkpointer:
         """Rank 0, after every rank's shards are on disk: loop state + config, fsync, rename, prune."""
         buf = io.BytesIO()
         torch.save({"step": job.step, **job.loop_state}, buf)
-        _write_synced(job.tmp / LOOP_FILE, buf.getvalue())
-        _write_synced(job.tmp / CONFIG_FILE, job.config_yaml.encode())
+        shard_sums.write_synced(job.tmp / LOOP_FILE, buf.getvalue())
+        shard_sums.write_synced(job.tmp / CONFIG_FILE, job.config_yaml.encode())
         shards = {info.relative_path for info in dcp_safe.read_metadata(job.tmp / METADATA_FILE).storage_data.values()}
         shard_sums.merge_partials(job.tmp, [*shards, METADATA_FILE, LOOP_FILE])
         _fsync_dir(job.tmp)

@@ -1,4 +1,5 @@
-"""A content check of checkpoint shards: each shard's size and CRC-32, recorded at save time in `checksums.json`.
+"""A content check of checkpoint files: each shard's size and CRC-32 (and those of the index and the loop state),
+recorded at save time in `checksums.json`.
 
 Each rank sums the shard file it has just written (all ranks at once, from the page cache; in the save's background
 thread when the save is asynchronous) into `<shard>.sum`; rank 0 merges those into `checksums.json` before the
@@ -43,7 +44,8 @@ def file_sum(path: Path) -> dict:
     return {"bytes": size, "crc32": f"{crc:08x}"}
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def write_synced(path: Path, data: bytes) -> None:
+    """Write a small file and fsync it (a checkpoint's files are all on disk before its commit rename)."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
@@ -57,7 +59,7 @@ class SummingWriter(FileSystemWriter):
         future = super().write_data(plan, planner)
         for name in sorted({r.storage_data.relative_path for r in future.wait()}):
             shard = Path(self.path) / name
-            _write_synced(shard.with_name(name + PARTIAL_SUFFIX), json.dumps(file_sum(shard)).encode())
+            write_synced(shard.with_name(name + PARTIAL_SUFFIX), json.dumps(file_sum(shard)).encode())
         return future
 
 
@@ -68,13 +70,13 @@ def merge_partials(ckpt_dir: Path, shards: Iterable[str]) -> None:
     for name in sorted(shards):
         partial = ckpt_dir / (name + PARTIAL_SUFFIX)
         sums[name] = json.loads(partial.read_text()) if partial.is_file() else file_sum(ckpt_dir / name)
-    _write_synced(ckpt_dir / SUMS_FILE, json.dumps({"algorithm": "crc32", "files": sums}, indent=1).encode())
+    write_synced(ckpt_dir / SUMS_FILE, json.dumps({"algorithm": "crc32", "files": sums}, indent=1).encode())
     for partial in ckpt_dir.glob("*" + PARTIAL_SUFFIX):
         partial.unlink()
 
 
 def damage(ckpt_dir: Path, shards: Iterable[str]) -> Optional[str]:
-    """None when every file named in `shards` matches its recorded sum (or none was recorded), else what is wrong, in words.
+    """None when every file named in `shards` matches its recorded sum (or none was recorded), else what is wrong.
     OSError when a file cannot be read (a read error is not damage: it may pass on retry or on another rank)."""
     path = ckpt_dir / SUMS_FILE
     if not path.exists():
