@@ -88,6 +88,19 @@ def test_the_index_unpickler_refuses_every_other_global(tmp_path, payload, named
         dcp_safe.read_metadata(path)
 
 
+@pytest.mark.parametrize("module, name", [("torch", "onnx"), ("torch", "save"), ("torch", "Size.__new__"),
+                                          ("pathlib", "PosixPath.touch"), ("torch.serialization", "load")])
+def test_the_index_unpickler_resolves_no_other_name(tmp_path, module, name):
+    """Names next to admitted ones (a torch submodule its import would load, a method of an admitted class)."""
+    def text(s):
+        return b"\x8c" + bytes([len(s)]) + s.encode()
+
+    path = tmp_path / ".metadata"
+    path.write_bytes(b"\x80\x04" + text(module) + text(name) + b"\x93.")  # protocol 4: STACK_GLOBAL, STOP
+    with pytest.raises(dcp_safe.UnsafeMetadata, match=f"{module}.{name}"):
+        dcp_safe.read_metadata(path)
+
+
 def test_a_marker_index_runs_code_when_unpickled_plainly_and_not_here(tmp_path, finished):
     d, _ = finished
     step = tmp_path / "step_00000008"
@@ -196,6 +209,15 @@ def test_save_records_a_checksum_of_every_file_it_reads(finished):
     for name, want in recorded.items():
         assert shard_sums.file_sum(step / name) == want
     assert not list(step.glob("*" + shard_sums.PARTIAL_SUFFIX))  # the per-rank sums were merged
+
+
+def test_a_checkpoint_of_earlier_versions_without_checksums_still_loads(finished, tmp_path):
+    d, final = finished
+    step = tmp_path / "step_00000008"
+    shutil.copytree(ckpt.step_path(d, 8), step)
+    (step / shard_sums.SUMS_FILE).unlink()
+    assert ckpt.unreadable_reason(step) is None
+    assert_same_state(final, ckpt.load_payload(step))
 
 
 @pytest.mark.parametrize("offset", [0, "middle", -1])

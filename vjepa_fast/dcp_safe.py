@@ -39,6 +39,10 @@ _ALLOWED = {
 }
 
 
+# Looked up in the module's dict, never with getattr: torch's module __getattr__ would import submodules by name.
+_DTYPES = {name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+
+
 class UnsafeMetadata(pickle.UnpicklingError):
     """A checkpoint index that refers to something other than DCP's metadata classes; nothing of it was run."""
 
@@ -47,8 +51,8 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        if module == "torch" and name.isidentifier() and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)  # pickled dtypes are globals: torch.float32, torch.bfloat16, ...
+        if module == "torch" and name in _DTYPES:
+            return _DTYPES[name]  # pickled dtypes are globals: torch.float32, torch.bfloat16, ...
         raise UnsafeMetadata(f"it refers to {module}.{name}, which a checkpoint index never holds")
 
     def persistent_load(self, pid: Any) -> Any:
