@@ -244,6 +244,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_write_synced = shard_sums.write_synced  # every file of a commit is written through this one name
+
+
 @contextlib.contextmanager
 def _single_process_ok():
     """DCP warns that it "assumes a single process" when there is no process group: here that is the intent."""
@@ -345,13 +348,15 @@ class Checkpointer:
             self._fail(job.step, job.tmp, error)
 
     def _commit(self, job: _InFlight) -> None:
-        """Rank 0, after every rank's shards are on disk: loop state + config, fsync, rename, prune."""
+        """Rank 0, after every rank's shards are on disk: loop state, config, checksums, fsync, rename, prune."""
         buf = io.BytesIO()
         torch.save({"step": job.step, **job.loop_state}, buf)
-        shard_sums.write_synced(job.tmp / LOOP_FILE, buf.getvalue())
-        shard_sums.write_synced(job.tmp / CONFIG_FILE, job.config_yaml.encode())
-        shards = {info.relative_path for info in dcp_safe.read_metadata(job.tmp / METADATA_FILE).storage_data.values()}
-        shard_sums.merge_partials(job.tmp, [*shards, METADATA_FILE, LOOP_FILE])
+        _write_synced(job.tmp / LOOP_FILE, buf.getvalue())
+        _write_synced(job.tmp / CONFIG_FILE, job.config_yaml.encode())
+        index = dcp_safe.read_metadata(job.tmp / METADATA_FILE)
+        files = [*{info.relative_path for info in index.storage_data.values()}, METADATA_FILE, LOOP_FILE]
+        _write_synced(job.tmp / shard_sums.SUMS_FILE, shard_sums.sums_json(job.tmp, files))
+        shard_sums.remove_partials(job.tmp)
         _fsync_dir(job.tmp)
         final = job.tmp.with_name(job.tmp.name[:-len(TMP_SUFFIX)])
         os.replace(job.tmp, final)

@@ -2,8 +2,8 @@
 recorded at save time in `checksums.json`.
 
 Each rank sums the shard file it has just written (all ranks at once, from the page cache; in the save's background
-thread when the save is asynchronous) into `<shard>.sum`; rank 0 merges those into `checksums.json` before the
-checkpoint's commit rename, so a committed checkpoint carries the sums of exactly its shards. Whoever opens the
+thread when the save is asynchronous) into `<shard>.sum`; rank 0 merges those into `checksums.json` (`sums_json`)
+before the checkpoint's commit rename, so a committed checkpoint carries the sums of exactly its files. Whoever opens the
 checkpoint (rank 0 choosing where to resume, eval, load_encoder, export, train.init_from) re-reads every shard and
 compares: any changed byte or another size is named with the file and the rank that wrote it. CRC-32 catches
 accidental damage at disk speed; it is no defence against a deliberate edit, which is why nothing in a checkpoint
@@ -63,14 +63,17 @@ class SummingWriter(FileSystemWriter):
         return future
 
 
-def merge_partials(ckpt_dir: Path, shards: Iterable[str]) -> None:
-    """Rank 0 at the commit: the sum of every file in `shards` (a rank's `.sum` for its shard, else summed here) into
-    SUMS_FILE, synced; the partial sums are removed."""
+def sums_json(ckpt_dir: Path, names: Iterable[str]) -> bytes:
+    """Rank 0 at the commit: the content of SUMS_FILE, the sum of every file in `names` (a rank's `.sum` for its
+    shard, else summed here)."""
     sums = {}
-    for name in sorted(shards):
+    for name in sorted(names):
         partial = ckpt_dir / (name + PARTIAL_SUFFIX)
         sums[name] = json.loads(partial.read_text()) if partial.is_file() else file_sum(ckpt_dir / name)
-    write_synced(ckpt_dir / SUMS_FILE, json.dumps({"algorithm": "crc32", "files": sums}, indent=1).encode())
+    return json.dumps({"algorithm": "crc32", "files": sums}, indent=1).encode()
+
+
+def remove_partials(ckpt_dir: Path) -> None:
     for partial in ckpt_dir.glob("*" + PARTIAL_SUFFIX):
         partial.unlink()
 
