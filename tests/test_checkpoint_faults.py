@@ -49,7 +49,7 @@ def finished(tmp_path_factory):
 def test_checkpoint_is_a_dir_of_shards_that_loads_in_one_process(finished):
     d, final = finished
     files = sorted(p.name for p in ckpt.step_path(d, 8).iterdir())
-    assert files == [".metadata", "__0_0.distcp", "config.yaml", "loop.pt"]
+    assert files == [".metadata", "__0_0.distcp", "checksums.json", "config.yaml", "loop.pt"]
     assert final["step"] == 8 and final["world_size"] == 1
     trainer = make_trainer(d / "other")
     assert final["model"].keys() == trainer.model.state_dict().keys()
@@ -93,7 +93,8 @@ def test_torn_shard_and_partial_save_fall_back_to_the_previous_checkpoint(finish
     partial = ckpt.checkpoint_dir(run) / "step_00000012.tmp"  # a save killed half-way
     shutil.copytree(ckpt.step_path(run, 4), partial)
     (partial / ".metadata").unlink()
-    assert ckpt.unreadable_reason(ckpt.step_path(run, 8)).startswith("shard __0_0.distcp is truncated")
+    assert "step_00000008: shard __0_0.distcp (written by rank 0) is truncated (" in \
+        ckpt.unreadable_reason(ckpt.step_path(run, 8))
     make_trainer(run).run()
     assert not partial.exists()
     assert any(n.startswith("step_00000008.unreadable-") for n in os.listdir(run / "checkpoints"))

@@ -3,10 +3,14 @@
 Layout of one checkpoint, `<run_dir>/checkpoints/step_XXXXXXXX/`:
 - `__<rank>_0.distcp`: that rank's shards of the model and optimizer state (one file per rank, no gather);
 - `.metadata`: DCP's index of every tensor chunk (written by rank 0 after every rank finished writing);
-- `loop.pt`: the loop state (step, data error counts, world size) and `config.yaml`: the resolved config.
+- `loop.pt`: the loop state (step, data error counts, world size) and `config.yaml`: the resolved config;
+- `checksums.json`: size and CRC-32 of every shard, `.metadata` and `loop.pt`, taken at save time
+  (shard_sums.py).
 It is written under `step_XXXXXXXX.tmp/` and renamed by rank 0 once every rank's files are fsynced, so a name
-without `.tmp` is always complete. A checkpoint reshards on load (any world size, HSDP or not) and loads into one
-process for inspection (`load_payload`). Single-file `step_XXXXXXXX.pt` checkpoints of earlier versions still load.
+without `.tmp` is always complete. Reading one runs no code from it (dcp_safe.py), and a checkpoint whose files
+differ from what was written is named as damaged (`check_intact`) before anything is loaded from it. A checkpoint
+reshards on load (any world size, HSDP or not) and loads into one process for inspection (`load_payload`).
+Single-file `step_XXXXXXXX.pt` checkpoints of earlier versions still load.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import contextlib
 import io
 import logging
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -25,10 +30,12 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from vjepa_fast import dcp_safe, shard_sums
+from vjepa_fast.preflight import RunError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,17 @@ METADATA_FILE = ".metadata"
 
 class CheckpointError(RuntimeError):
     """A save or load that failed; the message is one line saying why."""
+
+
+class CheckpointDamaged(CheckpointError):
+    """The checkpoint's files are not what was written (missing, short, another checksum, an index that is not DCP's):
+    the same for every process that reads them, so a resume falls back to an older checkpoint."""
+
+
+class CheckpointReadError(CheckpointError, RunError):
+    """The file system failed to read a file (permissions, I/O error): not proof of damage, as it may pass on retry or
+    on another rank, so nothing is renamed and the run stops. A RunError, so that the trainer reports it as it is
+    rather than as a checkpoint that does not fit the model."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -78,42 +96,106 @@ def remove_partial(run_dir: str | Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def unreadable_reason(path: Path) -> Optional[str]:
-    """None when the checkpoint is complete and readable, else why not (cheap: index and sizes, no tensor reads)."""
-    try:
+def check_intact(path: Path) -> None:
+    """Raise CheckpointDamaged or CheckpointReadError unless the checkpoint is complete and its files are the ones
+    written (index read without running code, every shard present, at its size and, where recorded, its checksum)."""
+    with _as_checkpoint_error(path):
         if path.is_file():  # single-file format: reading it is the only check there is
             payload = load_file(path)
-            return None if isinstance(payload, dict) and "model" in payload else "no model state in it"
-        torch.load(path / LOOP_FILE, map_location="cpu", weights_only=True)
-        metadata = FileSystemReader(path).read_metadata()
+            if not (isinstance(payload, dict) and "model" in payload):
+                raise CheckpointDamaged(f"{path}: no model state in it")
+            return
+        meta_file = path / METADATA_FILE
+        try:
+            metadata = dcp_safe.read_metadata(meta_file)
+        except dcp_safe.UnsafeMetadata as e:
+            raise CheckpointDamaged(f"{meta_file} refused: {e}; nothing from it was run") from None
         need: dict[str, int] = {}
         for info in metadata.storage_data.values():
             need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
         for name, size in sorted(need.items()):
             f = path / name
             if not f.is_file():
-                return f"shard {name} is missing"
+                raise CheckpointDamaged(f"{path}: {shard_sums.shard_label(name)} is missing")
             if f.stat().st_size < size:
-                return f"shard {name} is truncated ({f.stat().st_size} of {size} bytes)"
-    except Exception as e:  # any failure to read the index or the loop state
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                raise CheckpointDamaged(f"{path}: {shard_sums.shard_label(name)} is truncated "
+                                        f"({f.stat().st_size} of {size} bytes)")
+        why = shard_sums.damage(path, [*need, METADATA_FILE, LOOP_FILE])
+        if why is not None:
+            raise CheckpointDamaged(f"{path}: {why}")
+        load_file(path / LOOP_FILE)
+
+
+@contextlib.contextmanager
+def _as_checkpoint_error(path: Path):
+    """Any failure to read `path` as a CheckpointError: CheckpointReadError when the file system failed,
+    CheckpointDamaged when a file is gone or its content does not parse."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):  # a file of the checkpoint is gone: as missing as a missing shard
+            raise CheckpointDamaged(f"{path}: {why_failed(e)}") from None
+        raise CheckpointReadError(f"{path} could not be read ({why_failed(e)}); it was left as it is: fix the file "
+                                  f"system or permissions and start again") from None
+    except Exception as e:  # an index, shard or loop state that does not parse
+        raise CheckpointDamaged(f"{path}: {why_failed(e)}") from None
+
+
+def unreadable_reason(path: Path) -> Optional[str]:
+    """None when `check_intact` passes, else why the checkpoint is damaged; CheckpointReadError propagates."""
+    try:
+        check_intact(path)
+    except CheckpointDamaged as e:
+        return str(e)
     return None
 
 
 def load_file(path: Path) -> dict[str, Any]:
     """Load a single-file checkpoint safely (weights_only: no code runs from the file)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not _refused_by_weights_only(e):
+            raise
+        raise CheckpointDamaged(f"{path} refused: {weights_only_refusal(e)}") from None
+
+
+def _refused_by_weights_only(e: BaseException) -> bool:
+    return isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e)
+
+
+def weights_only_refusal(e: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load the file unsafely instead."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error:", "Trying to load"))), None)
+    if why is None:
+        why = next((ln for ln in lines if "weights_only" not in ln and "Weights only load failed" not in ln
+                    and "trust" not in ln), type(e).__name__)
+    why = why.removeprefix("WeightsUnpickler error:").strip()
+    why = re.split(r"\s+Please use `torch\.serialization", why)[0].rstrip(". ")
+    return f"{why}: it holds more than tensors and plain data; nothing from it was run"
 
 
 def load_payload(path: str | Path, keys: Optional[set[str]] = None) -> dict[str, Any]:
     """The whole checkpoint in this process as full tensors: {"model": ..., "optim": ..., "step": ..., ...}.
-    `keys` (e.g. {"model"}) reads only those parts of a sharded checkpoint."""
+    `keys` (e.g. {"model"}) reads only those parts of a sharded checkpoint. CheckpointError (one line) when the
+    checkpoint is damaged, unreadable or holds anything but tensors and plain data."""
     path = Path(path)
     if path.is_file():
-        return load_file(path)
-    with _single_process_ok():
-        state = _load_state_dict_from_keys(keys, storage_reader=FileSystemReader(path))
-    return {**state, **torch.load(path / LOOP_FILE, map_location="cpu", weights_only=True)}
+        with _as_checkpoint_error(path):
+            return load_file(path)
+    check_intact(path)
+    try:
+        state: dict[str, Any] = {}
+        with _single_process_ok():
+            _load_state_dict(state, storage_reader=dcp_safe.SafeReader(path), no_dist=not dist.is_initialized(),
+                             planner=dcp_safe.SafeKeysPlanner(keys={keys} if isinstance(keys, str) else keys))
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        raise CheckpointError(f"{path} could not be loaded ({why_failed(e)})") from None
+    with _as_checkpoint_error(path):
+        return {**state, **load_file(path / LOOP_FILE)}
 
 
 def consolidate(path: str | Path, out: str | Path) -> Path:
@@ -123,8 +205,8 @@ def consolidate(path: str | Path, out: str | Path) -> Path:
     return out
 
 
-def why_failed(e: BaseException) -> str:
-    """One line for a failed save or load, naming the OS reason (no space left, read-only) when there is one."""
+def _causes(e: BaseException) -> list[BaseException]:
+    """`e`, its causes and contexts, and every rank's failure a CheckpointException carries."""
     seen: list[BaseException] = []
     stack = [e]
     while stack:
@@ -135,10 +217,20 @@ def why_failed(e: BaseException) -> str:
         if isinstance(cur, CheckpointException):
             stack.extend(exc for exc, _ in cur.failures.values())
         stack.extend([cur.__cause__, cur.__context__])
+    return seen
+
+
+def why_failed(e: BaseException) -> str:
+    """One line for a failed save or load, naming the OS reason (no space left, read-only) when there is one, or
+    what a weights-only load refused (without torch's advice to load unsafely)."""
+    seen = _causes(e)
     for cur in seen:
         if isinstance(cur, OSError) and cur.errno is not None:
             where = f" ({cur.filename})" if cur.filename else ""
             return f"{os.strerror(cur.errno).lower()}{where}"
+    for cur in seen:
+        if _refused_by_weights_only(cur):
+            return weights_only_refusal(cur)
     inner = seen[-1] if len(seen) > 1 and isinstance(e, CheckpointException) else e
     text = str(inner).strip().splitlines()
     return f"{type(inner).__name__}: {text[0] if text else ''}"
@@ -152,11 +244,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+_write_synced = shard_sums.write_synced  # every file of a commit is written through this one name
 
 
 @contextlib.contextmanager
@@ -206,7 +294,7 @@ class Checkpointer:
         if self.is_main:
             final.parent.mkdir(parents=True, exist_ok=True)
         model_state, optim_state = get_state_dict(model, optimizer)
-        writer = FileSystemWriter(tmp, single_file_per_rank=True, sync_files=True, thread_count=1)
+        writer = shard_sums.SummingWriter(tmp, single_file_per_rank=True, sync_files=True, thread_count=1)
         state = {"model": model_state, "optim": optim_state}
         try:
             with _single_process_ok():
@@ -260,11 +348,15 @@ class Checkpointer:
             self._fail(job.step, job.tmp, error)
 
     def _commit(self, job: _InFlight) -> None:
-        """Rank 0, after every rank's shards are on disk: loop state + config, fsync, rename, prune."""
+        """Rank 0, after every rank's shards are on disk: loop state, config, checksums, fsync, rename, prune."""
         buf = io.BytesIO()
         torch.save({"step": job.step, **job.loop_state}, buf)
         _write_synced(job.tmp / LOOP_FILE, buf.getvalue())
         _write_synced(job.tmp / CONFIG_FILE, job.config_yaml.encode())
+        index = dcp_safe.read_metadata(job.tmp / METADATA_FILE)
+        files = [*{info.relative_path for info in index.storage_data.values()}, METADATA_FILE, LOOP_FILE]
+        _write_synced(job.tmp / shard_sums.SUMS_FILE, shard_sums.sums_json(job.tmp, files))
+        shard_sums.remove_partials(job.tmp)
         _fsync_dir(job.tmp)
         final = job.tmp.with_name(job.tmp.name[:-len(TMP_SUFFIX)])
         os.replace(job.tmp, final)
@@ -291,10 +383,10 @@ class Checkpointer:
                 model_state, optim_state = get_state_dict(model, optimizer)
                 state = {"model": model_state, "optim": optim_state}
                 with _single_process_ok():
-                    dcp.load(state, storage_reader=FileSystemReader(path), process_group=self.group,
-                             no_dist=not dist.is_initialized())
+                    dcp.load(state, storage_reader=dcp_safe.SafeReader(path), planner=dcp_safe.SafeLoadPlanner(),
+                             process_group=self.group, no_dist=not dist.is_initialized())
                 set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-                loop = torch.load(path / LOOP_FILE, map_location="cpu", weights_only=True)
+                loop = load_file(path / LOOP_FILE)
             else:
                 payload = load_file(path)
                 set_state_dict(model, optimizer, model_state_dict=payload["model"], optim_state_dict=payload["optim"],
@@ -304,14 +396,19 @@ class Checkpointer:
         except (Exception, CheckpointException) as e:
             # DCP reports every rank's failure to all ranks: name the ranks that really failed to read
             me = dist.get_rank(self.group) if dist.is_initialized() else 0
-            error = (sorted(e.failures) if isinstance(e, CheckpointException) else [me], why_failed(e))
+            error = (sorted(e.failures) if isinstance(e, CheckpointException) else [me], why_failed(e),
+                     any(isinstance(c, OSError) for c in _causes(e)))
         errors = [error]
         if dist.is_initialized():  # every rank loaded it, or every rank stops
             errors = [None] * dist.get_world_size(self.group)
             dist.all_gather_object(errors, error, group=self.group)
         failed = [err for err in errors if err is not None]
         if failed:
-            ranks = ", ".join(str(r) for r in sorted({r for rs, _ in failed for r in rs}))
+            ranks = ", ".join(str(r) for r in sorted({r for rs, _, _ in failed for r in rs}))
+            if any(read for _, _, read in failed):  # the file system's fault, not the checkpoint's: keep it
+                raise CheckpointReadError(f"checkpoint {path} could not be read on rank {ranks} ({failed[0][1]}); "
+                                          f"every rank stops and the checkpoint was left as it is: fix the file "
+                                          f"system or permissions and start again")
             raise CheckpointError(f"checkpoint {path} could not be loaded on rank {ranks} ({failed[0][1]}); "
                                   f"every rank stops")
         return loop

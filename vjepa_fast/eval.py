@@ -585,7 +585,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except (CheckpointFormatError, FileNotFoundError, EvalError) as err:
+    except (CheckpointFormatError, ckpt.CheckpointError, FileNotFoundError, EvalError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
     if e.out:

@@ -1,7 +1,10 @@
 """Who owns a run dir and where a run starts: one lock, one resume decision, made by rank 0 and shared by all.
 
 Rank 0 takes an exclusive lock on `<run_dir>/.lock` for the run's whole life (a second launch into the same dir fails
-at once, naming the holder), then chooses the checkpoint every rank will load: the newest complete and readable one.
+at once, naming the holder), then chooses the checkpoint every rank will load: the newest one whose files are the ones
+written (checkpoint.check_intact: index, sizes, checksums). A damaged checkpoint is renamed out of the resume order
+(kept); a file that cannot be read at all (permissions, an I/O error) stops the start and nothing is renamed, since
+another try, or another rank, may read it fine.
 The decision travels to the other ranks as one broadcast object, so either every rank starts from the same step or
 every rank stops with the same one-line error. A run never starts from scratch over existing checkpoints unless
 `train.resume=restart` asks for it, and then the old ones are moved aside, never deleted.
@@ -116,13 +119,16 @@ def decide(run_dir: Path, resume: bool | str) -> ResumeDecision:
                                        f"them or train.resume=restart to move them aside and start again")
     reasons = []
     for step, path in reversed(found):
-        why = checkpoint.unreadable_reason(path)
+        try:
+            why = checkpoint.unreadable_reason(path)
+        except checkpoint.CheckpointReadError as e:  # the file system failed, not the checkpoint: keep it and stop
+            return ResumeDecision(None, 0, f"rank 0: checkpoint {e}")
         if why is None:
             return ResumeDecision(path, step)
-        reasons.append(f"{path.name}: {why}")
+        reasons.append(why)
         aside = path.with_name(f"{path.name}.unreadable-{_stamp()}")
         os.replace(path, aside)  # out of the resume and pruning order, kept for a post-mortem
-        log.warning("checkpoint %s is unreadable (%s); moved to %s, trying an older one", path, why, aside.name)
+        log.warning("checkpoint damaged: %s; moved to %s, trying an older one", why, aside.name)
     return ResumeDecision(None, 0, f"none of the {len(found)} checkpoints in {checkpoint.checkpoint_dir(run_dir)} is "
                                    f"readable ({reasons[0]}); they were renamed *.unreadable-*; set "
                                    f"train.resume=restart to start again")

@@ -46,9 +46,10 @@ def torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint "
-                                    f"({type(e).__name__}: {first})") from None
+        from vjepa_fast.checkpoint import why_failed
+
+        raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint ({why_failed(e)})") \
+            from None
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -160,6 +161,8 @@ def _read_training_checkpoint(path: Path) -> Weights:
 
     try:
         payload = ckpt.load_payload(path, keys={"model"})
+    except ckpt.CheckpointError as e:  # one line already: damaged, unreadable, or refused (nothing from it ran)
+        raise CheckpointFormatError(str(e)) from None
     except Exception as e:
         raise CheckpointFormatError(f"{path}: not a readable training checkpoint ({ckpt.why_failed(e)})") from None
     run_cfg = path.parent.parent / "config.yaml"
