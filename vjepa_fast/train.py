@@ -120,6 +120,8 @@ class Trainer:
                     mesh_shape=(cfg.parallel.replicate, cfg.parallel.shard))
         self.groups = param_groups(self.model.trainable_modules(), cfg.optim.weight_decay)
         self.params = [p for g in self.groups for p in g["params"]]
+        # clipped one module at a time (encoder, predictor), as the original does
+        self.module_params = [[p for p in m.parameters() if p.requires_grad] for m in self.model.trainable_modules()]
         self.optimizer = make_optimizer(self.groups, cfg, self.device)
         self.peak = device_peak_flops(self.device, t.peak_tflops)
         self.start_step, self.data_errors, self.data_attempts = 0, 0, 0
@@ -201,10 +203,7 @@ class Trainer:
         with nvtx_range("backward"):
             loss.backward()
         with nvtx_range("optimizer"):
-            o = self.cfg.optim
-            max_norm = o.clip_grad if (o.clip_grad > 0 and step >= o.warmup_steps) else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            grad_norm = clip_per_module(self.module_params, clip_norm_at(self.cfg.optim, step))
             finite = finite_flag(loss_value, grad_norm)
             guarded_optimizer_step(self.optimizer, finite)
             self.optimizer.zero_grad(set_to_none=True)
@@ -421,6 +420,25 @@ class Trainer:
                 "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.num_tokens, "mfu": mfu,
                 "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors,
                 **self.collapse.fields(out["feature_stats"], out["step"]), **loss_term_fields(out["loss_terms"])}
+
+
+def clip_norm_at(o, step: int) -> float:
+    """Step `step`'s gradient-norm limit per module (inf: not clipped): optim.clip_grad from optim.clip_start_step
+    (null: from optim.warmup_steps) on; docs/recipe.md states the original's rule in steps."""
+    start = o.warmup_steps if o.clip_start_step is None else o.clip_start_step
+    return o.clip_grad if (o.clip_grad > 0 and step >= start) else float("inf")
+
+
+def clip_per_module(module_params: list[list[torch.Tensor]], max_norm: float) -> torch.Tensor:
+    """Clip each module's gradients to `max_norm` of its own norm, as the original clips the encoder and the
+    predictor separately (a large predictor gradient does not shrink the encoder's). Returns the norm of all the
+    gradients before clipping (for the log and the non-finite guard), on the device: no host sync. FSDP2's DTensor
+    gradients give DTensor norms, made whole (one small collective per module)."""
+    norms = []
+    for params in module_params:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def loss_term_fields(terms: Optional[torch.Tensor]) -> dict:
