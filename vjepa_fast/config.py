@@ -117,6 +117,7 @@ class TrainConfig:
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3  # steps traced when train.profile is on
     collapse_std: float = 0.05  # warn once when the target features' spread within a clip falls under this (0: never)
+    collapse_rank: float = 1.0  # ... or an effective rank (RankMe) under this many directions per clip (0: never)
     tensorboard: str = "auto"  # TensorBoard event files in <run_dir>/tb: auto (on when installed) / true / false
     plots: bool = True  # a finished run draws <run_dir>/plots/ (curves, masks) when matplotlib is installed
     float8: bool = False  # float8 matmuls in the transformer linears (torchao, vjepa_fast/float8.py)
@@ -501,6 +502,7 @@ def _check_train(cfg: Config) -> None:
     _require(t.precision in PRECISIONS, "train.precision",
              f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _require(t.collapse_std >= 0, "train.collapse_std", f"must be >= 0, got {t.collapse_std}")
+    _require(t.collapse_rank >= 0, "train.collapse_rank", f"must be >= 0, got {t.collapse_rank}")
     _require(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", f"must be > 0, got {t.peak_tflops}")
     _require(t.tensorboard in ("auto", "true", "false"), "train.tensorboard",
              f"must be auto, true or false, got {t.tensorboard!r}")

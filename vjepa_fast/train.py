@@ -131,7 +131,7 @@ class Trainer:
         self.config_yaml = ""
         self.preempted = False  # stopped by SIGTERM/SIGUSR1 after saving: main exits with REQUEUE_EXIT_CODE
         self.unread: list[dict] = []  # steps whose device numbers were not read back yet (read_back)
-        self.collapse = CollapseWatch(t.collapse_std)
+        self.collapse = CollapseWatch(t.collapse_std, t.collapse_rank, t.batch_size * cfg.data.clips_per_video)
 
     # ---- resume -----------------------------------------------------------------------------------------------
     def resume(self, decision: ResumeDecision) -> None:
@@ -218,7 +218,11 @@ class Trainer:
                "feature_stats": getattr(self.model, "feature_stats", None),  # V-JEPA only (collapse.py)
                "loss_terms": None if terms is None else loss_values[1:]}
         t = self.cfg.train
-        if (step + 1) % t.log_every and (step + 1) % t.ckpt_every and step + 1 != t.steps:
+        logged = (step + 1) % t.log_every == 0 or step + 1 == t.steps
+        # effective ranks on logged steps only: an eigenproblem per encoder (its sync comes with the log's anyway)
+        out["ranks"] = (self.collapse.ranks(getattr(self.model, "rank_rows", None)) if logged and self.di.is_main
+                        else None)
+        if not logged and (step + 1) % t.ckpt_every:
             self.unread.append(out)
             return out
         return self.settle(out)
@@ -419,7 +423,8 @@ class Trainer:
                 "ema_momentum": out["ema_momentum"], "grad_norm": out["grad_norm"],
                 "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.num_tokens, "mfu": mfu,
                 "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors,
-                **self.collapse.fields(out["feature_stats"], out["step"]), **loss_term_fields(out["loss_terms"])}
+                **self.collapse.fields(out["feature_stats"], out["step"], out["ranks"]),
+                **loss_term_fields(out["loss_terms"])}
 
 
 def clip_norm_at(o, step: int) -> float:
