@@ -113,7 +113,8 @@ def test_fp32_is_within_1e_5_of_fp64():
     # Bound: the cos/sin means of N fp32 terms carry errors of order sqrt(N) eps; at N = 4096 the term's absolute
     # error stays under 1e-5 (measured about 1e-7) on values of order 1e-3 to 1.
     gen = torch.Generator().manual_seed(2)
-    for x in (torch.randn(4096, 64, generator=gen), torch.randn(4096, 1, generator=gen) * torch.randn(64, generator=gen)):
+    line = torch.randn(4096, 1, generator=gen) * torch.randn(64, generator=gen)
+    for x in (torch.randn(4096, 64, generator=gen), line):
         x64 = x.double().requires_grad_(True)
         x32 = x.clone().requires_grad_(True)
         a = sigreg_directions(64, 64, 0, 0, CPU)

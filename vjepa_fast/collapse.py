@@ -90,6 +90,7 @@ class CollapseWatch:
             self.warned = True
             name, value = low[0]
             warnings.warn(f"step {step}: {name.removesuffix('_rank')} features' effective rank (RankMe) is "
-                          f"{value:.3g}, under train.collapse_rank={self.rank_per_clip:g} per clip x {self.clips} clips: "
-                          f"the representation may be collapsing into a few directions (loss.sigreg guards against it)")
+                          f"{value:.3g}, under train.collapse_rank={self.rank_per_clip:g} per clip x {self.clips} "
+                          f"clips: the representation may be collapsing into a few directions (loss.sigreg guards "
+                          f"against it)")
         return out

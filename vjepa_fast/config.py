@@ -117,7 +117,7 @@ class TrainConfig:
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3  # steps traced when train.profile is on
     collapse_std: float = 0.05  # warn once when the target features' spread within a clip falls under this (0: never)
-    collapse_rank: float = 1.0  # ... or an effective rank (RankMe) under this many directions per clip (0: never)
+    collapse_rank: float = 1.0  # warn once when an effective rank falls under this many directions per clip (0: never)
     tensorboard: str = "auto"  # TensorBoard event files in <run_dir>/tb: auto (on when installed) / true / false
     plots: bool = True  # a finished run draws <run_dir>/plots/ (curves, masks) when matplotlib is installed
     float8: bool = False  # float8 matmuls in the transformer linears (torchao, vjepa_fast/float8.py)
