@@ -95,3 +95,15 @@ def test_per_module_clipping_under_fsdp2_matches_one_process(tmp_path, subproces
     assert sorted(one) == sorted(two) == list(range(4))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), step
+
+
+def test_a_module_without_gradients_is_skipped(tmp_path):
+    trainer = make_trainer(tmp_path)
+    enc, pred = trainer.module_params
+    for p in enc:
+        p.grad = torch.full_like(p, 1e-2)
+    for p in pred:
+        p.grad = None
+    enc_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in enc])).item()
+    assert clip_per_module(trainer.module_params, math.inf).item() == pytest.approx(enc_norm, rel=1e-5)
+    assert all(p.grad is None for p in pred)

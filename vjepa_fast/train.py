@@ -441,9 +441,11 @@ def clip_per_module(module_params: list[list[torch.Tensor]], max_norm: float) ->
     gradients give DTensor norms, made whole (one small collective per module)."""
     norms = []
     for params in module_params:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    return torch.linalg.vector_norm(torch.stack(norms))
+        with_grad = [p for p in params if p.grad is not None]  # a module without gradients has nothing to clip
+        if with_grad:
+            norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+            norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 def loss_term_fields(terms: Optional[torch.Tensor]) -> dict:
