@@ -19,7 +19,7 @@ from vjepa_fast.models.sigreg import SIGReg, sigreg_directions, sigreg_statistic
 from vjepa_fast.ops import l1_target_loss
 from vjepa_fast.parallel import DistInfo
 
-from test_train import SMALL, _torchrun
+from test_train import SMALL, _torchrun, losses, make_trainer
 
 CPU = torch.device("cpu")
 T64 = torch.linspace(0.0, 3.0, 17, dtype=torch.float64)
@@ -204,3 +204,27 @@ def test_fsdp2_two_processes_match_one_with_sigreg(tmp_path, subprocess_env):
     assert sorted(one) == sorted(two) == list(range(4))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), step
+
+
+def test_a_resumed_run_with_sigreg_gives_the_same_losses(tmp_path, monkeypatch):
+    """The directions are a function of (seed, step) only: a run stopped after its step-4 checkpoint and resumed
+    draws the same ones as an uninterrupted run."""
+    extra = ["loss.sigreg=0.2", "train.steps=6", "train.tensorboard=false"]
+    make_trainer(tmp_path / "a", extra).run()
+    expected = losses(tmp_path / "a")
+    crashing = make_trainer(tmp_path / "b", extra)
+    real = crashing.train_step
+
+    def crash_at_5(batch, step):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real(batch, step)
+
+    monkeypatch.setattr(crashing, "train_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    make_trainer(tmp_path / "b", extra).run()
+    got = losses(tmp_path / "b")
+    assert sorted(got) == sorted(expected) == list(range(6))
+    for step in range(6):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
