@@ -88,11 +88,20 @@ class OptimConfig:
     ema_start: float = 0.998  # target-encoder EMA momentum at step 0 (linear to ema_end)
     ema_end: float = 1.0  # EMA momentum at the end of the schedule
     schedule_scale: float = 1.25  # schedules span steps * scale, as the reference stretches them
-    clip_grad: float = 10.0  # gradient-norm clip, applied after warm-up; 0 disables
+    clip_grad: float = 10.0  # encoder's and predictor's gradient norms each clipped to this; 0 disables
+    clip_start_step: Optional[int] = None  # first clipped step (null: optim.warmup_steps; docs/recipe.md)
     betas: tuple[float, ...] = (0.9, 0.999)  # AdamW betas, each in [0, 1)
     eps: float = 1e-8  # AdamW epsilon (> 0)
     lr_schedule: str = "cosine"  # cosine (warm-up, cosine decay) / wsd (warm-up, constant, linear cool-down)
     cooldown_steps: int = 0  # wsd: the last cooldown_steps steps decay linearly from lr to final_lr
+
+
+@dataclass
+class LossConfig:
+    sigreg: float = 0.0  # SIGReg weight w in [0, 1): (1 - w) x prediction loss + w x SIGReg; 0: the original loss
+    sigreg_directions: int = 64  # SIGReg: random unit directions, drawn afresh each step
+    sigreg_t_max: float = 3.0  # SIGReg: characteristic functions are compared for t in [0, sigreg_t_max]
+    sigreg_t_points: int = 17  # SIGReg: points of the t grid (trapezoid rule)
 
 
 @dataclass
@@ -117,6 +126,7 @@ class TrainConfig:
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3  # steps traced when train.profile is on
     collapse_std: float = 0.05  # warn once when the target features' spread within a clip falls under this (0: never)
+    collapse_rank: float = 1.0  # warn once when an effective rank falls under this many directions per clip (0: never)
     tensorboard: str = "auto"  # TensorBoard event files in <run_dir>/tb: auto (on when installed) / true / false
     plots: bool = True  # a finished run draws <run_dir>/plots/ (curves, masks) when matplotlib is installed
     float8: bool = False  # float8 matmuls in the transformer linears (torchao, vjepa_fast/float8.py)
@@ -152,6 +162,7 @@ class Config:
     masks: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -468,6 +479,8 @@ def _check_optim(cfg: Config) -> None:
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     for name in ("start_lr", "final_lr", "weight_decay", "final_weight_decay", "clip_grad"):
         _require(getattr(o, name) >= 0, f"optim.{name}", f"must be >= 0, got {getattr(o, name)}")
+    _require(o.clip_start_step is None or o.clip_start_step >= 0, "optim.clip_start_step",
+             f"must be >= 0 or null, got {o.clip_start_step}")
     _require(o.schedule_scale >= 1.0, "optim.schedule_scale", f"must be >= 1, got {o.schedule_scale}")
     _require(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), "optim.betas",
              f"expected two numbers in [0, 1), got {list(o.betas)}")
@@ -476,6 +489,16 @@ def _check_optim(cfg: Config) -> None:
              f"must be one of {', '.join(LR_SCHEDULES)}, got {o.lr_schedule!r}")
     _require(0 <= o.cooldown_steps <= cfg.train.steps, "optim.cooldown_steps",
              f"must be in [0, train.steps={cfg.train.steps}], got {o.cooldown_steps}")
+
+
+def _check_loss(cfg: Config) -> None:
+    c = cfg.loss
+    _require(0.0 <= c.sigreg < 1.0, "loss.sigreg", f"must be in [0, 1) (0: off), got {c.sigreg}")
+    _require(c.sigreg == 0 or cfg.method == "vjepa", "loss.sigreg",
+             f"the SIGReg term is for method vjepa, not {cfg.method} (set loss.sigreg=0)")
+    _require(c.sigreg_directions >= 1, "loss.sigreg_directions", f"must be >= 1, got {c.sigreg_directions}")
+    _require(c.sigreg_t_max > 0, "loss.sigreg_t_max", f"must be > 0, got {c.sigreg_t_max}")
+    _require(c.sigreg_t_points >= 2, "loss.sigreg_t_points", f"must be >= 2, got {c.sigreg_t_points}")
 
 
 def _check_train(cfg: Config) -> None:
@@ -488,6 +511,7 @@ def _check_train(cfg: Config) -> None:
     _require(t.precision in PRECISIONS, "train.precision",
              f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _require(t.collapse_std >= 0, "train.collapse_std", f"must be >= 0, got {t.collapse_std}")
+    _require(t.collapse_rank >= 0, "train.collapse_rank", f"must be >= 0, got {t.collapse_rank}")
     _require(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", f"must be > 0, got {t.peak_tflops}")
     _require(t.tensorboard in ("auto", "true", "false"), "train.tensorboard",
              f"must be auto, true or false, got {t.tensorboard!r}")
@@ -556,7 +580,7 @@ def _check_masks_fit(cfg: Config) -> None:
             raise ConfigError(f"{key}: these masks do not fit the token grid (T', H', W') = {grid}: {why}") from None
 
 
-SECTION_CHECKS = [_check_value_types, _check_top, _check_model, _check_masks, _check_data, _check_optim,
+SECTION_CHECKS = [_check_value_types, _check_top, _check_model, _check_masks, _check_data, _check_optim, _check_loss,
                   _check_train, _check_parallel, _check_backends,
                   _check_masks_fit]  # last: it builds the masker from checked values
 
