@@ -148,7 +148,12 @@ def as_collective_error(e: BaseException, rank: int, phase: str, timeout_s: floa
     if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(s in text for s in
                                                                                    _COLLECTIVE_SIGNS))):
         return None
+    return CollectiveError(f"rank {rank}: a collective failed during {phase} ({backend_message(e)}); another rank "
+                           f"died, stalled for more than parallel.timeout_s={timeout_s:g} s or lost its connection")
+
+
+def backend_message(e: BaseException) -> str:
+    """The first line of a backend error, without the C++ frames after it and the "[/path/file.cc:129]" prefix."""
+    text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
-    first = first.split("] ", 1)[-1]  # drop the "[/path/to/file.cc:129]" prefix of backend messages
-    return CollectiveError(f"rank {rank}: a collective failed during {phase} ({first}); another rank died, stalled "
-                           f"for more than parallel.timeout_s={timeout_s:g} s or lost its connection")
+    return first.split("] ", 1)[-1]

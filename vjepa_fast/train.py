@@ -446,11 +446,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    di = init_distributed(cfg.parallel.timeout_s)
-    if not di.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
     finished = False
     try:
+        di = init_distributed(cfg.parallel.timeout_s)  # a peer that never comes: one line (CollectiveError)
+        if not di.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
         trainer = Trainer(cfg, di)
         trainer.run()
         finished = True
