@@ -100,7 +100,6 @@ def creation_deadline(rank: int, timeout_s: float):
         timer.cancel()
 
 
-
 def shutdown_distributed(wait_for_peers: bool = False) -> None:
     """Destroy the process group. After a run that ended normally everywhere (`wait_for_peers`), first wait until
     every rank is done, so no rank tears its group down while another still finishes its last collective work
