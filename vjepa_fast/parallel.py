@@ -71,17 +71,19 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
 
 _PEERS_HINT = ("another rank did not start, died or could not be reached within parallel.timeout_s={timeout_s:g} s "
                "(check MASTER_ADDR/MASTER_PORT and that every node runs the same launch)")
-# Creation is several waits, each bounded by the timeout (the store, which a client tries twice; the peers' addresses;
-# the links), plus a margin for a loaded host.
-CREATION_DEADLINE_FACTOR, CREATION_DEADLINE_SLACK_S = 3, 60.0
+# Creation waits for every rank at the store, then connects the ranks, each bounded by the timeout; plus a margin for a
+# loaded host. gloo retries a connection that times out 3 times, so a peer that is gone (or the stale address of a
+# peer from before a torchrun restart) would keep it there for 4 x the timeout: the deadline cuts that short.
+CREATION_DEADLINE_FACTOR, CREATION_DEADLINE_SLACK_S = 2, 60.0
 
 
 @contextlib.contextmanager
 def creation_deadline(rank: int, timeout_s: float):
-    """A last bound on process-group creation. Each of its waits honours `timeout_s`, but they add up, and a hang
-    inside the backend itself would honour nothing (a restarted gloo group under torchrun --max-restarts has hung
-    there): a process still inside after CREATION_DEADLINE_FACTOR x timeout_s + CREATION_DEADLINE_SLACK_S says so
-    in one line and exits with 1, which its launcher may restart."""
+    """A last bound on process-group creation. Each of its waits honours `timeout_s`, but they add up, gloo retries
+    (a restarted 2-process gloo group under torchrun --max-restarts sat in its connection retries for 5 x the
+    timeout), and a hang inside a backend would honour nothing: a process still inside after
+    CREATION_DEADLINE_FACTOR x timeout_s + CREATION_DEADLINE_SLACK_S says so in one line and exits with 1, which its
+    launcher may restart."""
     limit = CREATION_DEADLINE_FACTOR * timeout_s + CREATION_DEADLINE_SLACK_S
 
     def give_up():
