@@ -10,12 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from vjepa_fast import checkpoint as ckpt
-from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE
+from vjepa_fast.data.loader import BatchStream
+from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, ignore_stop_signals, stop_signals_held
 
 from test_checkpoint_faults import assert_same_state
 from test_distributed_faults import alive, torchrun_cmd, wait_for
@@ -24,6 +29,62 @@ from test_train import SMALL, losses
 STEPS = 16
 RUN = [s for s in SMALL if not s.startswith(("train.steps", "train.ckpt_every", "data.num_workers"))] + [
     f"train.steps={STEPS}", f"train.ckpt_every={STEPS}"]
+
+
+class StuckAt:
+    """range(n), except that reading item `stuck` never ends (a worker stuck on a file)."""
+
+    def __init__(self, n, stuck=None):
+        self.n, self.stuck = n, stuck
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i == self.stuck:
+            time.sleep(3600)
+        return i
+
+
+def loader_workers(stream):
+    return [w.pid for w in stream._it._workers]
+
+
+def test_loader_workers_ignore_the_stop_signals_and_close_ends_them():
+    stream = BatchStream(DataLoader(StuckAt(40), batch_size=2, num_workers=2, worker_init_fn=ignore_stop_signals,
+                                    persistent_workers=True, timeout=60))
+    got = [next(stream)]
+    workers = loader_workers(stream)
+    for sig in ("-TERM", "-USR1"):  # from another process, as a cluster sends them: either would kill a worker
+        subprocess.run(["kill", sig, *map(str, workers)], check=True)
+    time.sleep(0.2)
+    got += list(stream)
+    assert torch.cat(got).tolist() == list(range(40))
+    stream.close()
+    assert not any(alive(p) for p in workers)
+
+
+def test_close_ends_a_worker_stuck_in_a_read():
+    stream = BatchStream(DataLoader(StuckAt(8, stuck=1), batch_size=1, num_workers=2,
+                                    worker_init_fn=ignore_stop_signals, persistent_workers=True))
+    next(stream)
+    workers = loader_workers(stream)
+    time.sleep(0.5)  # item 1 is being read by the second worker, for ever
+    stream.close()  # torch's SIGTERM is ignored: the stuck worker must still end
+    assert not any(alive(p) for p in workers)
+
+
+def test_a_stop_signal_held_back_while_workers_start_arrives_after():
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    try:
+        with stop_signals_held():
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+            time.sleep(0.05)
+            assert got == []
+        assert got == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def launch_cmd(nproc, run_dir, workers):

@@ -166,3 +166,9 @@ class BatchStream:
         shutdown = getattr(self._it, "_shutdown_workers", None)  # torch's own worker shutdown (also run at GC)
         if shutdown is not None:
             shutdown()
+        # torch ends a worker that does not leave in time (one stuck reading a file) with SIGTERM, which ours ignore:
+        # SIGKILL it, or the interpreter's exit would wait for it forever
+        for worker in getattr(self._it, "_workers", []):
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
