@@ -515,6 +515,13 @@ def _check_train(cfg: Config) -> None:
     _require(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", f"must be > 0, got {t.peak_tflops}")
     _require(t.tensorboard in ("auto", "true", "false"), "train.tensorboard",
              f"must be auto, true or false, got {t.tensorboard!r}")
+    if t.compile_backend != "inductor":  # the default needs no look-up (importing torch._dynamo takes seconds)
+        import torch._dynamo
+
+        usual = sorted({"eager", "aot_eager", *torch._dynamo.list_backends()})  # the debug ones are accepted too
+        _require(t.compile_backend in torch._dynamo.list_backends(exclude_tags=()), "train.compile_backend",
+                 f"unknown torch.compile backend {t.compile_backend!r} (e.g. {', '.join(usual)}; "
+                 f"torch._dynamo.list_backends() names them)")
     if t.float8:
         from vjepa_fast.float8 import unavailable_reason
 

@@ -4,9 +4,16 @@ SIGTERM / SIGUSR1 (what a scheduler sends before it preempts or hits the time li
 shares its flag in one small asynchronous all-reduce per step on the CPU control group, read one step later, so all
 ranks stop after the same step without a host sync on the training stream. The loop then saves and the process
 exits with `REQUEUE_EXIT_CODE`, which scripts/slurm/train.sbatch turns into a requeue.
+
+A cluster signals every process of the job, the data-loader workers included. A worker killed by SIGTERM makes torch
+raise "DataLoader worker ... killed by signal" in the main process (from its SIGCHLD handler, at any point of the
+step), so the workers ignore the stop signals (`ignore_stop_signals`, their init function) and the main process shuts
+them down itself after the save; they are forked with the stop signals held back (`stop_signals_held`), so one that
+arrives before a worker ignores them cannot kill it either.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -58,6 +65,30 @@ def parent_died() -> bool:
 def _exit_if_orphaned(signum, frame) -> None:
     if parent_died():
         raise SystemExit("error: the launcher (torchrun) died; this worker stops with it")
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A data-loader worker's init function: the stop signals are the main process's to handle (module docstring).
+
+    Set to ignored, a signal still held back since the fork is discarded, then the hold is lifted."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """Hold the stop signals back in this thread while it forks workers: a child inherits the held-back set, so a
+    signal sent to it before its init function ran waits and is then discarded. A signal for this process that
+    arrives meanwhile is delivered (to the StopRequest handler) when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StopRequest:
@@ -117,7 +148,12 @@ def as_collective_error(e: BaseException, rank: int, phase: str, timeout_s: floa
     if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(s in text for s in
                                                                                    _COLLECTIVE_SIGNS))):
         return None
+    return CollectiveError(f"rank {rank}: a collective failed during {phase} ({backend_message(e)}); another rank "
+                           f"died, stalled for more than parallel.timeout_s={timeout_s:g} s or lost its connection")
+
+
+def backend_message(e: BaseException) -> str:
+    """The first line of a backend error, without the C++ frames after it and the "[/path/file.cc:129]" prefix."""
+    text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
-    first = first.split("] ", 1)[-1]  # drop the "[/path/to/file.cc:129]" prefix of backend messages
-    return CollectiveError(f"rank {rank}: a collective failed during {phase} ({first}); another rank died, stalled "
-                           f"for more than parallel.timeout_s={timeout_s:g} s or lost its connection")
+    return first.split("] ", 1)[-1]

@@ -1,6 +1,7 @@
 """Run directory outputs: metrics.jsonl (one JSON object per logged step) and console progress."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -8,38 +9,60 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from vjepa_fast.preflight import RunError
+
 
 class MetricsLog:
     """Appends to <run_dir>/metrics.jsonl; on resume, drops entries of steps that will be run again.
 
     The trimmed file is written beside the old one, fsynced and renamed over it, so a kill at any moment leaves
-    either the old rows or the trimmed ones, never an empty or half-written file."""
+    either the old rows or the trimmed ones, never an empty or half-written file. A failed write (a full disk) stops
+    the run with one line; the checkpoints are untouched by it."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
-        if path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] < resume_step:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line torn by a kill: drop it
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w") as f:
-                f.write("".join(k + "\n" for k in kept))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        self._f = open(path, "a", buffering=1)
+        self._failed = False
+        try:
+            if path.exists():
+                kept = []
+                for line in path.read_text().splitlines():
+                    try:
+                        if json.loads(line)["step"] < resume_step:
+                            kept.append(line)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line torn by a kill: drop it
+                tmp = path.with_name(path.name + ".tmp")
+                with open(tmp, "w") as f:
+                    f.write("".join(k + "\n" for k in kept))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            self._f = open(path, "a", buffering=1)
+        except OSError as e:
+            raise write_error(path, e) from None
 
     def write(self, row: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v)
                  for k, v in row.items()}
-        self._f.write(json.dumps(clean) + "\n")
+        try:
+            self._f.write(json.dumps(clean) + "\n")
+        except OSError as e:
+            self._failed = True
+            raise write_error(self.path, e) from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()  # flushes what a failed write left in the buffer, and fails again if it was that
+        except OSError as e:
+            if not self._failed:
+                raise write_error(self.path, e) from None
+
+
+def write_error(path: Path, e: OSError) -> RunError:
+    """The one line for a run output that could not be written."""
+    why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return RunError(f"writing {path} failed: {why}; free space or point run_dir elsewhere (the checkpoints are "
+                    f"intact: relaunching resumes from the newest)")
 
 
 class Progress:

@@ -7,8 +7,11 @@ the per-layer all-gathers stay on the fast intra-node links and only the gradien
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterable, Optional
@@ -19,7 +22,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from vjepa_fast.config import ConfigError
-from vjepa_fast.lifecycle import die_with_parent
+from vjepa_fast.lifecycle import CollectiveError, backend_message, die_with_parent
 
 
 @dataclass
@@ -38,7 +41,8 @@ class DistInfo:
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     """Process group from torchrun's environment when WORLD_SIZE > 1; a single process needs no set-up at all.
 
-    `timeout_s` bounds every collective: a rank that died or stalls makes the others fail after it, not hang."""
+    `timeout_s` bounds every collective, and the group's creation: a rank that died, stalls or never comes makes the
+    others fail after it with one line (CollectiveError), not hang."""
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: never outlive its agent
         die_with_parent()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -52,11 +56,50 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     control = None
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
-                                timeout=timedelta(seconds=timeout_s))
-        if backend != "gloo":  # async checkpoint saves and the stop flag need a CPU group
-            control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        with creation_deadline(rank, timeout_s):
+            try:
+                dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                                        timeout=timeout)
+                if backend != "gloo":  # async checkpoint saves and the stop flag need a CPU group
+                    control = dist.new_group(backend="gloo", timeout=timeout)
+            except (RuntimeError, TimeoutError, ConnectionError) as e:  # DistError is a RuntimeError
+                raise CollectiveError(f"rank {rank}: creating the process group failed ({backend_message(e)}); "
+                                      f"{_PEERS_HINT.format(timeout_s=timeout_s)}") from None
     return DistInfo(rank, world, local_rank, device, control)
+
+
+_PEERS_HINT = ("another rank did not start, died or could not be reached within parallel.timeout_s={timeout_s:g} s "
+               "(check MASTER_ADDR/MASTER_PORT and that every node runs the same launch)")
+# Creation waits for every rank at the store, then connects the ranks, each bounded by the timeout; plus a margin for a
+# loaded host. gloo retries a connection that times out 3 times, so a peer that is gone (or the stale address of a
+# peer from before a torchrun restart) would keep it there for 4 x the timeout: the deadline cuts that short.
+CREATION_DEADLINE_FACTOR, CREATION_DEADLINE_SLACK_S = 2, 60.0
+
+
+@contextlib.contextmanager
+def creation_deadline(rank: int, timeout_s: float):
+    """A last bound on process-group creation. Each of its waits honours `timeout_s`, but they add up, gloo retries
+    (a restarted 2-process gloo group under torchrun --max-restarts sat in its connection retries for 5 x the
+    timeout), and a hang inside a backend would honour nothing: a process still inside after
+    CREATION_DEADLINE_FACTOR x timeout_s + CREATION_DEADLINE_SLACK_S says so in one line and exits with 1, which its
+    launcher may restart."""
+    limit = CREATION_DEADLINE_FACTOR * timeout_s + CREATION_DEADLINE_SLACK_S
+
+    def give_up():
+        sys.stderr.write(f"error: rank {rank}: creating the process group did not finish within {limit:g} s "
+                         f"({CREATION_DEADLINE_FACTOR} x parallel.timeout_s + {CREATION_DEADLINE_SLACK_S:g} s); "
+                         f"{_PEERS_HINT.format(timeout_s=timeout_s)}\n")
+        sys.stderr.flush()
+        os._exit(1)  # the main thread is stuck inside the backend: nothing else can end it
+
+    timer = threading.Timer(limit, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def shutdown_distributed(wait_for_peers: bool = False) -> None:

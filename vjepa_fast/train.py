@@ -32,7 +32,7 @@ from vjepa_fast import checkpoint, float8, ops, preflight
 from vjepa_fast.checkpoint import CheckpointError
 from vjepa_fast.collapse import CollapseWatch
 from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
-from vjepa_fast.data.loader import DataLoadError, MaskCollate, make_loader
+from vjepa_fast.data.loader import BatchStream, DataLoadError, MaskCollate, make_loader
 from vjepa_fast.data.prefetch import prefetch_to_device
 from vjepa_fast.flops import device_peak_flops
 from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, CollectiveError, StopRequest, as_collective_error
@@ -333,7 +333,8 @@ class Trainer:
         progress = Progress(t.steps, self.start_step, t.progress and di.is_main)
         rows, window_start, window_clips, window_flops = [], time.perf_counter(), 0, 0.0
         profiler = maybe_profile(run_dir, t.profile and di.is_main, t.profile_steps)
-        batches = prefetch_to_device(loader, self.device)
+        stream = BatchStream(loader)  # its workers leave the stop signals to this process (lifecycle.py)
+        batches = prefetch_to_device(stream, self.device)
         save_pending = False
         try:
             profiler.__enter__()
@@ -373,12 +374,12 @@ class Trainer:
                 profiler.step()
                 if stop:
                     self.preempted = True
-                    if di.is_main:
-                        log.warning("stopped by %s after step %d (%s); exiting with code %d for a requeue",
-                                    self.stop.signal_name or "a signal on another rank", step,
-                                    "not saved: non-finite streak" if save_pending else "saved", REQUEUE_EXIT_CODE)
+                    log.warning("rank %d: stopped by %s after step %d (%s); exiting with code %d for a requeue",
+                                di.rank, self.stop.signal_name or "a signal on another rank", step,
+                                "not saved: non-finite streak" if save_pending else "saved", REQUEUE_EXIT_CODE)
                     break
         finally:
+            stream.close()
             profiler.__exit__(None, None, None)
             progress.close()
             if metrics is not None:
@@ -481,11 +482,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    di = init_distributed(cfg.parallel.timeout_s)
-    if not di.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
     finished = False
     try:
+        di = init_distributed(cfg.parallel.timeout_s)  # a peer that never comes: one line (CollectiveError)
+        if not di.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
         trainer = Trainer(cfg, di)
         trainer.run()
         finished = True

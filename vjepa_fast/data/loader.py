@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vjepa_fast.lifecycle import ignore_stop_signals, stop_signals_held
 from vjepa_fast.masks import PackedMasks, pack_masks
 
 log = logging.getLogger(__name__)
@@ -142,4 +143,32 @@ def make_loader(dataset: Dataset, collate: MaskCollate, batch_size: int, rank: i
     sampler = StepSampler(batch_size, rank, world_size, start_step, num_steps, robust.length, seed)
     return DataLoader(robust, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None)
+                      prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
+
+
+class BatchStream:
+    """One pass over `loader` whose workers outlive no stop: started with the stop signals held back (they ignore
+    them, see vjepa_fast/lifecycle.py) and shut down by `close()`, so a preempted process leaves no worker behind
+    (it may leave through os._exit, which skips the loader's own clean-up)."""
+
+    def __init__(self, loader: DataLoader):
+        with stop_signals_held():
+            self._it = iter(loader)
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> Batch:
+        return next(self._it)
+
+    def close(self) -> None:
+        shutdown = getattr(self._it, "_shutdown_workers", None)  # torch's own worker shutdown (also run at GC)
+        if shutdown is not None:
+            shutdown()
+        # torch ends a worker that does not leave in time (one stuck reading a file) with SIGTERM, which ours ignore:
+        # SIGKILL it, or the interpreter's exit would wait for it forever
+        for worker in getattr(self._it, "_workers", []):
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
