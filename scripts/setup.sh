@@ -57,7 +57,7 @@ if TORCH_VERSION=$(python -c "import torch; print(torch.__version__)" 2>/dev/nul
   say "torch $TORCH_VERSION: kept"
 else
   logged python -m pip install "$TORCH_SPEC"
-  TORCH_VERSION=$(python -c "import torch; print(torch.__version__)")
+  TORCH_VERSION=$(python -c "import torch; print(torch.__version__)" 2>/dev/null)
   say "torch $TORCH_VERSION: installed from $TORCH_SPEC ($(elapsed "$t"))"
 fi
 
