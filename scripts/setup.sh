@@ -78,7 +78,7 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # Everything the install depends on; a change in any of it reinstalls the package and rebuilds the extension.
 HASH=$( { cat setup.py pyproject.toml csrc/*; echo "torch=$TORCH_VERSION mode=$MODE"; } | sha256sum | cut -d' ' -f1)
 t=$SECONDS
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && python -c "import vjepa_fast._C" >/dev/null 2>&1; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && python -c "import torch, vjepa_fast._C" >/dev/null 2>&1; then
   say "package and extension: up to date, nothing rebuilt ($MODE; $WHY)"
 else
   say "package and extension: building $MODE ($WHY; VJEPA_FAST_NO_CUDA=$VJEPA_FAST_NO_CUDA) ..."
