@@ -77,16 +77,19 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 # Everything the install depends on; a change in any of it reinstalls the package and rebuilds the extension.
 HASH=$( { cat setup.py pyproject.toml csrc/*; echo "torch=$TORCH_VERSION mode=$MODE"; } | sha256sum | cut -d' ' -f1)
+# What the installed extension holds; fails when it does not import (never built, or built against another torch).
+BUILT_PY='import vjepa_fast._ext as e; print(e.describe()) if e.load() else exit(1)'
 t=$SECONDS
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && python -c "import torch, vjepa_fast._C" >/dev/null 2>&1; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && BUILT=$(python -W ignore -c "$BUILT_PY" 2>/dev/null); then
   say "package and extension: up to date, nothing rebuilt ($MODE; $WHY)"
 else
   say "package and extension: building $MODE ($WHY; VJEPA_FAST_NO_CUDA=$VJEPA_FAST_NO_CUDA) ..."
   rm -f "$STAMP"
   logged python -m pip install -e ".[test]" --no-build-isolation
+  BUILT=$(python -W ignore -c "$BUILT_PY" 2>>"$LOG") || { say "FAILED: the extension does not import"; exit 1; }
   echo "$HASH" >"$STAMP"
   say "package and extension: built ($(elapsed "$t"))"
 fi
 
-say "extension: $(python -c 'import vjepa_fast._ext as e; print(e.describe())')"
+say "extension: $BUILT"
 say "done in $(elapsed) (log: $LOG)"
