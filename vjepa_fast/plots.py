@@ -33,7 +33,7 @@ CURVES = ((("loss",), "loss"), (("lr",), "learning rate"), (("ema_momentum",), "
 # Target tokens get diagonal black-and-white hatching over the frame: the synthetic videos use every hue (saturated
 # objects over muted backgrounds of any colour), so a colour tint can always be mistaken for some clip's content, a
 # stripe pattern of both extremes cannot.
-HATCH_PERIOD = 4  # pixels between stripes of one colour, along the diagonal
+HATCH_PERIOD = 6  # pixels between stripes of one colour, along the diagonal
 DIM = 0.25  # brightness kept by tokens that are in neither set
 MISSING = "matplotlib is not installed: pip install -e .[plots] (or pip install matplotlib)"
 
