@@ -33,7 +33,7 @@ elapsed() { echo "$((SECONDS - ${1:-$START}))s"; }
 # logged CMD...: run CMD with its output appended to $LOG; on failure print the log's tail and stop.
 logged() {
   if ! "$@" >>"$LOG" 2>&1; then
-    say "FAILED: $* (last lines of $LOG below)"
+    say "FAILED: $* (last lines of $LOG below)" >&2
     tail -n 40 "$LOG" >&2
     exit 1
   fi
@@ -86,7 +86,7 @@ else
   say "package and extension: building $MODE ($WHY; VJEPA_FAST_NO_CUDA=$VJEPA_FAST_NO_CUDA) ..."
   rm -f "$STAMP"
   logged python -m pip install -e ".[test]" --no-build-isolation
-  BUILT=$(python -W ignore -c "$BUILT_PY" 2>>"$LOG") || { say "FAILED: the extension does not import"; exit 1; }
+  BUILT=$(python -W ignore -c "$BUILT_PY" 2>>"$LOG") || { say "FAILED: the extension does not import (see $LOG)" >&2; exit 1; }
   echo "$HASH" >"$STAMP"
   say "package and extension: built ($(elapsed "$t"))"
 fi
