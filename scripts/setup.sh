@@ -86,7 +86,10 @@ else
   say "package and extension: building $MODE ($WHY; VJEPA_FAST_NO_CUDA=$VJEPA_FAST_NO_CUDA) ..."
   rm -f "$STAMP"
   logged python -m pip install -e ".[test]" --no-build-isolation
-  BUILT=$(python -W ignore -c "$BUILT_PY" 2>>"$LOG") || { say "FAILED: the extension does not import (see $LOG)" >&2; exit 1; }
+  if ! BUILT=$(python -W ignore -c "$BUILT_PY" 2>>"$LOG"); then
+    say "FAILED: the extension does not import (see $LOG)" >&2
+    exit 1
+  fi
   echo "$HASH" >"$STAMP"
   say "package and extension: built ($(elapsed "$t"))"
 fi
