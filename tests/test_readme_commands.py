@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 
+PROBES = ("3-7 minutes (three 100-epoch probes); tests/test_eval.py runs the same entry point and options on short "
+          "probes")
 SKIP = {
     "bash scripts/setup.sh":
         "the set-up itself: CI's first step (.ci/run); the environment running these tests is the one it made",
@@ -29,14 +31,14 @@ SKIP = {
     ".venv/bin/torchrun --nproc_per_node=8 vjepa_fast/train.py --config vitl16 data.path=/data/k400/train.txt":
         "8 GPUs and a Kinetics index file",
     ".venv/bin/python -m vjepa_fast.eval --checkpoint runs/tiny --label motion --seeds 3 --out runs/tiny/probe_motion.json":
-        "3-7 minutes (three 100-epoch probes); tests/test_eval.py runs the same command line on short probes",
+        PROBES,
     ".venv/bin/python -m vjepa_fast.eval --label motion --seeds 3 --out runs/tiny/probe_motion_random.json":
-        "3-7 minutes (three 100-epoch probes); tests/test_eval.py runs the same command line on short probes",
+        PROBES,
     ".venv/bin/python -m vjepa_fast.eval --checkpoint runs/tiny --label appearance --seeds 3 "
     "--out runs/tiny/probe_appearance.json":
-        "3-7 minutes (three 100-epoch probes); tests/test_eval.py runs the same command line on short probes",
+        PROBES,
     ".venv/bin/python -m vjepa_fast.eval --label appearance --seeds 3 --out runs/tiny/probe_appearance_random.json":
-        "3-7 minutes (three 100-epoch probes); tests/test_eval.py runs the same command line on short probes",
+        PROBES,
     ".venv/bin/python -m vjepa_fast.export runs/tiny --format hf --out runs/tiny/hf":
         "the default run is sin-cos and the Hugging Face format takes rotary models only: the README's example is "
         "being changed; delete this entry with that change",
