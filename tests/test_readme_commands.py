@@ -30,7 +30,8 @@ SKIP = {
     ".venv/bin/pytest tests": "the test command: CI (.ci/run) runs it, and this test is part of it",
     ".venv/bin/torchrun --nproc_per_node=8 vjepa_fast/train.py --config vitl16 data.path=/data/k400/train.txt":
         "8 GPUs and a Kinetics index file",
-    ".venv/bin/python -m vjepa_fast.eval --checkpoint runs/tiny --label motion --seeds 3 --out runs/tiny/probe_motion.json":
+    ".venv/bin/python -m vjepa_fast.eval --checkpoint runs/tiny --label motion --seeds 3 "
+    "--out runs/tiny/probe_motion.json":
         PROBES,
     ".venv/bin/python -m vjepa_fast.eval --label motion --seeds 3 --out runs/tiny/probe_motion_random.json":
         PROBES,

@@ -6,8 +6,8 @@ features across a clip's tokens, with the `train.collapse_std` warning line; `ta
 effective rank of the features, when the run logs them). A panel with no data is left out.
 masks.png: the frames of a sample clip with each mask configuration drawn over them (context tokens as they are,
 target tokens hatched, tokens in neither dimmed), one row per configuration: V-JEPA's short- and long-range
-multi-block masks, or VideoMAE's tubes, and a legend. Needs matplotlib (`pip install -e .[plots]`); the overlays themselves are
-plain numpy, so TensorBoard shows the same pictures without it.
+multi-block masks, or VideoMAE's tubes, and a legend. Needs matplotlib (`pip install -e .[plots]`); the overlays
+themselves are plain numpy, so TensorBoard shows the same pictures without it.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def to_rgb(video: torch.Tensor) -> np.ndarray:
 
 def overlay(frames: np.ndarray, ctx: np.ndarray, tgt: np.ndarray, grid: Sequence[int], tubelet: int) -> np.ndarray:
     """One picture per token time step (its first frame): [T', H, W, 3] with the tokens of `tgt` hatched (a white and a
-    black diagonal line every HATCH_PERIOD pixels, the frame visible between them) and tokens in neither set dimmed. ctx / tgt: flat token indices t' * H'W' + h' * W' + w'."""
+    black diagonal line every HATCH_PERIOD pixels, the frame visible between them) and tokens in neither set dimmed.
+    ctx / tgt: flat token indices t' * H'W' + h' * W' + w'."""
     Tg, Hg, Wg = grid
     kind = np.zeros(Tg * Hg * Wg, dtype=np.int8)  # 0: neither, 1: context, 2: target
     kind[np.asarray(ctx, dtype=np.int64)] = 1
