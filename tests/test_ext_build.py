@@ -71,10 +71,10 @@ def _gpu_present():
 
 
 def _cuda_build_wanted():
-    value = os.environ.get("VJEPA_FAST_NO_CUDA", "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    if _flag("VJEPA_FAST_NO_CUDA"):
         return False
-    return value != "" or _gpu_present()  # an explicit VJEPA_FAST_NO_CUDA=0 compiles them without a GPU too
+    # an explicit VJEPA_FAST_NO_CUDA=0 compiles them without a GPU too
+    return os.environ.get("VJEPA_FAST_NO_CUDA", "").strip() != "" or _gpu_present()
 
 
 @needs_ext
