@@ -3,6 +3,9 @@
 - `device` / `on_gpu`: CUDA when present, else the CPU (benchmarks pick real shapes on a GPU, small ones on the CPU);
 - `roofline`: this machine's measured copy GB/s and bf16 matmul TFLOP/s (benchmarks/roofline.py), once per session
   (or read from the file VJEPA_FAST_ROOFLINE_JSON names, which gpu_check.sh writes once for all its runs);
+- `results_dir`: where a benchmark writes files of its own (tables), never over the tracked benchmarks/results/:
+  `--bench-results DIR`, else $VJEPA_FAST_BENCH_RESULTS, else .benchmarks/results (gitignored); a result worth keeping
+  is copied into benchmarks/results/ by hand, with its date and machine in the name;
 - a pytest-benchmark hook that writes the card, the software versions and the measured roofline into the JSON's
   machine_info, so a saved result says what it ran on (benchmarks/render_summary.py prints them).
 """
@@ -23,6 +26,22 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -
     sys.path.insert(0, str(ROOT))
 
 _MEASURED: dict = {}  # the roofline, once measured in this session (for machine_info)
+RESULTS_ENV = "VJEPA_FAST_BENCH_RESULTS"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-results", default=None, metavar="DIR",
+                     help=f"folder for the benchmarks' own result files (default ${RESULTS_ENV}, else "
+                          ".benchmarks/results, gitignored)")
+
+
+@pytest.fixture(scope="session")
+def results_dir(request) -> Path:
+    """The folder a benchmark writes its own result files into (created)."""
+    chosen = request.config.getoption("--bench-results") or os.environ.get(RESULTS_ENV)
+    path = Path(chosen).expanduser().resolve() if chosen else ROOT / ".benchmarks" / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _roofline_module():

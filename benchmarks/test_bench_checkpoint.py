@@ -8,7 +8,8 @@ the worker script. Per rank it measures:
 - `load_s`: restoring model + optimizer into a freshly built sharded model;
 - `peak_gb` / `added_gb`: the process's peak resident memory, and how much the save + load added to what the
   sharded model and optimizer already held.
-The table goes to the benchmark JSON's extra_info and to benchmarks/results/checkpoint-<device>.md.
+The table goes to the benchmark JSON's extra_info and to checkpoint-<device>.md in the results folder
+(benchmarks/conftest.py: `--bench-results DIR`, default .benchmarks/results, gitignored).
 
 GPU: ViT-L (304M parameters, 3.6 GB of fp32 parameters + Adam moments); CPU: ViT-B (86M, 1 GB), gloo.
 
@@ -34,7 +35,6 @@ CUDA = torch.cuda.is_available()
 MODEL = "large" if CUDA else "base"
 NPROC = 2
 VARIANTS = ("single_file", "sharded", "async")
-RESULTS = Path(__file__).resolve().parent / "results"
 MEASURED: dict[str, list[dict]] = {}  # variant -> per-rank rows of this session, for the table
 
 
@@ -155,7 +155,7 @@ def _table(rows: list[dict]) -> str:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_checkpoint_save_load(benchmark, variant):
+def test_checkpoint_save_load(benchmark, variant, results_dir):
     out = tempfile.mkdtemp(prefix=f"bench_ckpt_{variant}_")
     try:
         rows = benchmark.pedantic(_launch, args=(variant, out), rounds=1, iterations=1)
@@ -166,8 +166,7 @@ def test_checkpoint_save_load(benchmark, variant):
                                                                                  for r in range(NPROC)]
     benchmark.extra_info.update({"rows": rows, "model": MODEL, "nproc": NPROC})
     MEASURED[variant] = rows
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"checkpoint-{'cuda' if CUDA else 'cpu'}.md").write_text(
+    (results_dir / f"checkpoint-{'cuda' if CUDA else 'cpu'}.md").write_text(
         _table([r for v in VARIANTS for r in MEASURED.get(v, [])]))
 
 

@@ -44,6 +44,30 @@ def test_bad_value_is_one_line_naming_the_key(overrides, key):
     assert msg.startswith(key) and "\n" not in msg, msg
 
 
+@pytest.mark.parametrize("typo, meant", [("train.setps", "train.steps"), ("trian.steps", "train.steps"),
+                                          ("steps", "train.steps"), ("data.pth", "data.path"),
+                                          ("model.pred_dpth", "model.pred_depth")])
+def test_unknown_key_names_the_nearest_valid_keys(typo, meant, tmp_path):
+    for how in ("override", "file"):
+        with pytest.raises(ConfigError) as err:
+            if how == "override":
+                load_config(None, [f"{typo}=1"])
+            else:
+                path = tmp_path / "typo.yaml"
+                path.write_text(f"{typo}: 1\n")
+                load_config(str(path))
+        msg = str(err.value)
+        assert msg.startswith(f"{typo}: unknown key (did you mean ") and "\n" not in msg
+        suggested = msg.split("did you mean ", 1)[1].rstrip("?)").split(" or ")
+        assert meant in suggested and len(suggested) <= 3
+        assert all(key in {k for k, *_ in iter_keys(load_config(None, []))} for key in suggested)
+
+
+def test_unknown_key_with_nothing_near_points_to_help():
+    with pytest.raises(ConfigError, match=r"^zzz\.qqq: unknown key \(--help lists every key\)$"):
+        load_config(None, ["zzz.qqq=1"])
+
+
 def test_numbers_in_any_notation(tmp_path):
     cfg = load_config(None, ["optim.lr=1e-4", "train.steps=1e3", "optim.eps=1E-9"])
     assert (cfg.optim.lr, cfg.train.steps, cfg.optim.eps) == (1e-4, 1000, 1e-9)

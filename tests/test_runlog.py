@@ -135,6 +135,40 @@ def test_overlay_tints_exactly_the_target_tokens():
     assert sorted(tokens.nonzero()[0].tolist()) == [1, 8, 11]
 
 
+def test_overlay_hatches_targets_in_black_and_white_and_dims_the_rest():
+    frames = (0.2 + 0.6 * torch.rand(2, 16, 16, 3)).numpy()  # no pixel is already pure black or white
+    pics = plots.overlay(frames, ctx=[0], tgt=[1], grid=(1, 2, 2), tubelet=2)[0]  # 8-pixel tokens; 2, 3 in neither
+    target, context, neither = pics[:8, 8:], pics[:8, :8], pics[8:]
+    assert (target == 1.0).all(-1).any() and (target == 0.0).all(-1).any()  # both stripe colours
+    kept = ~((target == 1.0).all(-1) | (target == 0.0).all(-1))
+    assert kept.mean() > 0.4 and (target[kept] == frames[0, :8, 8:][kept]).all()  # the frame shows between stripes
+    assert (context == frames[0, :8, :8]).all()
+    assert abs(neither - plots.DIM * frames[0, 8:]).max() < 1e-6
+
+
+def _metrics_rows(n, **extra):
+    return [{"step": s, "loss": 1.0 / (s + 1), "lr": 1e-3, "ema_momentum": 0.996, "clips_per_s": 20.0 + s,
+             "mfu": None, "target_std": 0.5 - 0.01 * s, "pred_std": 0.4, **extra} for s in range(n)]
+
+
+def test_curves_draw_the_collapse_signals_and_leave_out_panels_without_data():
+    pytest.importorskip("matplotlib")
+    fig = plots.curves_figure(_metrics_rows(6), collapse_std=0.05)
+    panels = {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in fig.axes}
+    assert "MFU" not in panels  # null on a CPU: no empty panel
+    assert not any("rank" in title for title in panels)  # not logged by this run
+    spread = next(labels for title, labels in panels.items() if "spread" in title)
+    assert spread == ["target_std", "pred_std", "train.collapse_std=0.05"]
+    assert {"loss", "learning rate", "EMA momentum", "clips/s"} <= set(panels)
+
+    fig = plots.curves_figure(_metrics_rows(6, mfu=0.3, target_rank=5.0, context_rank=7.5))
+    panels = {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in fig.axes}
+    assert "MFU" in panels
+    assert next(labels for title, labels in panels.items() if "rank" in title) == ["target_rank", "context_rank"]
+    with pytest.raises(plots.PlotError):
+        plots.curves_figure([])
+
+
 def test_plots_command_errors_are_one_line(tmp_path, capsys):
     assert plots.main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip().splitlines()

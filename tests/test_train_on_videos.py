@@ -37,10 +37,10 @@ def test_torchrun_on_a_folder_with_broken_files(tmp_path, video_folder, subproce
     errors = rows[-1]["data_errors"]
     assert errors >= 1
     assert sorted(r["data_errors"] for r in rows) == [r["data_errors"] for r in rows]  # a running count
-    # every skipped sample is logged with its path
-    assert "corrupt.mp4" in proc.stderr or "empty.mp4" in proc.stderr
-    skipped = proc.stderr.count("skipping unreadable sample")  # logged once each, by the loader
-    assert skipped == errors
+    # every broken file is logged with its path, once (the loader's one worker is one process), however often drawn
+    logged = [line for line in proc.stderr.splitlines() if "skipping unreadable sample" in line]
+    names = [name for name in ("corrupt.mp4", "empty.mp4") for line in logged if name in line]
+    assert 1 <= len(logged) <= errors and sorted(names) == sorted(set(names)) and len(names) == len(logged)
 
 
 def test_error_limit_stops_the_run_with_a_clear_message(tmp_path, subprocess_env):

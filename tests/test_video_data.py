@@ -3,6 +3,7 @@ and broken files. Videos are written with PyAV into a temporary folder; frame k'
 can tell exactly which frames a clip holds."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -330,6 +331,17 @@ def test_dataset_raises_on_broken_files_and_the_loader_skips_them(videos, name):
     sample = RobustDataset(ds)[(0, 0, 1)]
     assert sample["video"].shape == (3, 16, 32, 32)
     assert len(sample["errors"]) >= 1 and sample["errors"][0].startswith(path)
+
+
+def test_a_broken_file_is_logged_once_per_process_and_counted_every_time(videos, caplog):
+    broken = str(videos["corrupt"])
+    ds = RobustDataset(VideoDataset([(str(videos["three"]), 0), (broken, 1)], num_frames=4, crop_size=16))
+    with caplog.at_level(logging.WARNING, logger="vjepa_fast.data.loader"):
+        samples = [ds[(step, 0, 1)] for step in range(5)]  # the broken file asked for at five steps
+    errors = [e for s in samples for e in s["errors"]]
+    assert len(errors) >= 5 and all(e.startswith(broken) for e in errors)
+    logged = [r.getMessage() for r in caplog.records if "skipping unreadable sample" in r.getMessage()]
+    assert len(logged) == 1 and broken in logged[0]
 
 
 def test_path_table_round_trips_any_path(videos, tmp_path):

@@ -6,6 +6,7 @@ with exactly that line.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import io
@@ -238,10 +239,25 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
+def _unknown_key(dotted: str) -> ConfigError:
+    """The error for a key that does not exist, naming the nearest valid keys (a typo in a key or in its section)."""
+    keys = [key for key, *_ in iter_keys(Config())]
+    near = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6)
+    if not near:  # a right name in the wrong section (`steps` for `train.steps`): compare the last parts only
+        last = dotted.rsplit(".", 1)[-1]
+        by_last = {}
+        for key in keys:
+            by_last.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+        near = [key for name in difflib.get_close_matches(last, list(by_last), n=3, cutoff=0.75)
+                for key in by_last[name]][:3]
+    hint = f"did you mean {' or '.join(near)}?" if near else "--help lists every key"
+    return ConfigError(f"{dotted}: unknown key ({hint})")
+
+
 def _set(obj: Any, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     if not all(parts):
-        raise ConfigError(f"{dotted}: unknown key")
+        raise _unknown_key(dotted)
     target = obj
     for i, part in enumerate(parts[:-1]):
         sub = getattr(target, part, None) if dataclasses.is_dataclass(target) else None
@@ -249,12 +265,12 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
             if isinstance(sub, dict) and part in typing.get_type_hints(type(target)):
                 sub[".".join(parts[i + 1:])] = value
                 return
-            raise ConfigError(f"{dotted}: unknown key")
+            raise _unknown_key(dotted)
         target = sub
     name = parts[-1]
     hints = typing.get_type_hints(type(target))
     if not dataclasses.is_dataclass(target) or name not in hints:
-        raise ConfigError(f"{dotted}: unknown key")
+        raise _unknown_key(dotted)
     if dataclasses.is_dataclass(getattr(target, name)):
         if not isinstance(value, dict):
             raise ConfigError(f"{dotted}: expected a mapping of sub-keys")

@@ -1,10 +1,13 @@
 """Pictures of a run: `python -m vjepa_fast.plots RUN_DIR` writes RUN_DIR/plots/{curves,masks}.png.
 
-curves.png: loss, learning rate, EMA momentum, clips/s and MFU against step (from metrics.jsonl).
+curves.png: from metrics.jsonl against step, one panel per signal the run recorded: loss, learning rate, EMA
+momentum, clips/s, MFU (recorded on GPUs only), the collapse signals (`target_std` / `pred_std`, the spread of the
+features across a clip's tokens, with the `train.collapse_std` warning line; `target_rank` / `context_rank`, the
+effective rank of the features, when the run logs them). A panel with no data is left out.
 masks.png: the frames of a sample clip with each mask configuration drawn over them (context tokens as they are,
-target tokens tinted, tokens in neither dimmed), one row per configuration: V-JEPA's short- and long-range
-multi-block masks, or VideoMAE's tubes. Needs matplotlib (`pip install -e .[plots]`); the overlays themselves are
-plain numpy, so TensorBoard shows the same pictures without it.
+target tokens hatched, tokens in neither dimmed), one row per configuration: V-JEPA's short- and long-range
+multi-block masks, or VideoMAE's tubes, and a legend. Needs matplotlib (`pip install -e .[plots]`); the overlays
+themselves are plain numpy, so TensorBoard shows the same pictures without it.
 """
 from __future__ import annotations
 
@@ -22,9 +25,16 @@ from vjepa_fast.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-CURVES = (("loss", "loss"), ("lr", "learning rate"), ("ema_momentum", "EMA momentum"), ("clips_per_s", "clips/s"),
-          ("mfu", "MFU"))
-TARGET_TINT = np.array([1.0, 0.25, 0.1])  # orange-red, the colour target blocks get in the paper's figures
+# (metrics.jsonl keys drawn together, panel title); a panel is drawn when the run recorded any of its keys.
+CURVES = ((("loss",), "loss"), (("lr",), "learning rate"), (("ema_momentum",), "EMA momentum"),
+          (("clips_per_s",), "clips/s"), (("mfu",), "MFU"),
+          (("target_std", "pred_std"), "feature spread in a clip (collapse: towards 0)"),
+          (("target_rank", "context_rank"), "effective rank of the features"))
+# Target tokens get diagonal black-and-white hatching over the frame: the synthetic videos use every hue (saturated
+# objects over muted backgrounds of any colour), so a colour tint can always be mistaken for some clip's content, a
+# stripe pattern of both extremes cannot.
+HATCH_PERIOD = 6  # pixels between stripes of one colour, along the diagonal
+DIM = 0.25  # brightness kept by tokens that are in neither set
 MISSING = "matplotlib is not installed: pip install -e .[plots] (or pip install matplotlib)"
 
 
@@ -39,8 +49,9 @@ def to_rgb(video: torch.Tensor) -> np.ndarray:
 
 
 def overlay(frames: np.ndarray, ctx: np.ndarray, tgt: np.ndarray, grid: Sequence[int], tubelet: int) -> np.ndarray:
-    """One picture per token time step (its first frame): [T', H, W, 3] with the tokens of `tgt` tinted and tokens in
-    neither set dimmed. ctx / tgt: flat token indices t' * H'W' + h' * W' + w'."""
+    """One picture per token time step (its first frame): [T', H, W, 3] with the tokens of `tgt` hatched (a white and a
+    black diagonal line every HATCH_PERIOD pixels, the frame visible between them) and tokens in neither set dimmed.
+    ctx / tgt: flat token indices t' * H'W' + h' * W' + w'."""
     Tg, Hg, Wg = grid
     kind = np.zeros(Tg * Hg * Wg, dtype=np.int8)  # 0: neither, 1: context, 2: target
     kind[np.asarray(ctx, dtype=np.int64)] = 1
@@ -49,8 +60,11 @@ def overlay(frames: np.ndarray, ctx: np.ndarray, tgt: np.ndarray, grid: Sequence
     pics = frames[::tubelet][:Tg].copy()
     ph, pw = pics.shape[1] // Hg, pics.shape[2] // Wg
     cells = np.repeat(np.repeat(kind, ph, axis=1), pw, axis=2)[..., None]  # token kind per pixel
-    pics = np.where(cells == 2, 0.45 * pics + 0.55 * TARGET_TINT, pics)
-    pics = np.where(cells == 0, 0.25 * pics, pics)
+    diag = (np.arange(pics.shape[1])[:, None] + np.arange(pics.shape[2])[None, :]) % HATCH_PERIOD
+    stripe = np.where(diag == 0, 1.0, np.where(diag == HATCH_PERIOD // 2, 0.0, np.nan))[None, ..., None]  # [1, H, W, 1]
+    hatched = np.where(np.isnan(stripe), pics, stripe)
+    pics = np.where(cells == 2, hatched, pics)
+    pics = np.where(cells == 0, DIM * pics, pics)
     return pics
 
 
@@ -80,6 +94,14 @@ def _figure():
     except ImportError:
         raise PlotError(MISSING) from None
     return Figure
+
+
+def _mask_legend() -> list:
+    from matplotlib.patches import Patch
+
+    return [Patch(facecolor="white", edgecolor="black", hatch="////", label="target: the predictor fills these in"),
+            Patch(facecolor="0.6", edgecolor="black", label="context: what the encoder sees (as is)"),
+            Patch(facecolor=str(0.6 * DIM), edgecolor="black", label="neither (dimmed)")]
 
 
 def draw_masks(cfg, out: Path, step: int = 0) -> Path:
@@ -114,8 +136,9 @@ def draw_masks(cfg, out: Path, step: int = 0) -> Path:
                 ax.set_ylabel(names[r], fontsize=8)
             ax.set_title(f"frame {t * m.tubelet_size}" + (f"\n{len(ctx)} context, {len(tgt)} target tokens"
                                                          if c == 0 else ""), fontsize=7)
-    fig.suptitle(f"{cfg.method} masks (tinted: targets, as they are: context)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"{cfg.method} masks of one clip", fontsize=9)
+    fig.legend(handles=_mask_legend(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = out / "masks.png"
     fig.savefig(path, dpi=110)
     return path
@@ -133,27 +156,48 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def draw_curves(rows: list[dict], out: Path) -> Path:
+def curve_panels(rows: list[dict]) -> list[tuple[str, list[tuple[str, list]]]]:
+    """(title, [(key, [(step, value), ...]), ...]) of every panel with data, in CURVES order."""
+    panels = []
+    for keys, title in CURVES:
+        lines = [(key, [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))
+                        and not isinstance(r.get(key), bool)]) for key in keys]
+        lines = [(key, pts) for key, pts in lines if pts]
+        if lines:
+            panels.append((title, lines))
+    return panels
+
+
+def curves_figure(rows: list[dict], collapse_std: Optional[float] = None):
+    """The curves as a matplotlib Figure (three panels a row); `collapse_std` draws the collapse warning line."""
     Figure = _figure()
     if not rows:
         raise PlotError("metrics.jsonl has no rows yet: nothing to plot")
-    fig = Figure(figsize=(11, 6))
-    for i, (key, title) in enumerate(CURVES):
-        ax = fig.add_subplot(2, 3, i + 1)
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), lw=1.2)
-        else:
-            ax.text(0.5, 0.5, "not recorded" + (" (unknown device peak)" if key == "mfu" else ""),
-                    ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    panels = curve_panels(rows)
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.7 * cols, 3.0 * nrows))
+    for i, (title, lines) in enumerate(panels):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        for key, pts in lines:
+            ax.plot(*zip(*pts), lw=1.2, label=key)
+        keys = [key for key, _ in lines]
+        if "target_std" in keys and collapse_std:
+            ax.axhline(collapse_std, color="0.4", lw=0.8, ls="--", label=f"train.collapse_std={collapse_std:g}")
+        if len(lines) > 1 or "target_std" in keys:
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        if key == "loss":
+        if keys == ["loss"]:
             ax.set_yscale("log")
     fig.tight_layout()
+    return fig
+
+
+def draw_curves(rows: list[dict], out: Path, collapse_std: Optional[float] = None) -> Path:
     path = out / "curves.png"
-    fig.savefig(path, dpi=110)
+    curves_figure(rows, collapse_std).savefig(path, dpi=110)
     return path
 
 
@@ -173,7 +217,7 @@ def draw_run(run_dir: Path) -> list[Path]:
     paths = [draw_masks(cfg, out)]
     rows = read_metrics(run_dir)
     if rows:
-        paths.append(draw_curves(rows, out))
+        paths.append(draw_curves(rows, out, getattr(cfg.train, "collapse_std", None)))
     return paths
 
 

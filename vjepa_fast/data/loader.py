@@ -73,10 +73,14 @@ class StepSampler(Sampler):
 
 
 class RobustDataset(Dataset):
-    """Wraps a dataset whose __getitem__ may raise on a broken file: logs it and draws a replacement sample."""
+    """Wraps a dataset whose __getitem__ may raise on a broken file: logs it and draws a replacement sample.
+
+    Each broken file is logged once per process (a file drawn again is only counted, in the batch's `errors`): a
+    long run draws the same broken file over and over, and one line per draw would bury everything else."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
+        self._logged: set[str] = set()  # what this process has already logged (each loader worker has its own copy)
         try:
             self.length: Optional[int] = len(dataset)
         except TypeError:  # an unbounded stream (synthetic videos): every position is its own sample
@@ -100,7 +104,9 @@ class RobustDataset(Dataset):
             except Exception as e:  # a broken sample must not kill a week-long run: skip it and record why
                 where = getattr(self.dataset, "describe", lambda i: f"sample {i}")(index)
                 msg = f"{where}: {type(e).__name__}: {e}"
-                log.warning("skipping unreadable sample %s", msg)
+                if where not in self._logged:
+                    self._logged.add(where)
+                    log.warning("skipping unreadable sample %s (logged once; later draws are only counted)", msg)
                 errors.append(msg)
                 if self.length is None:
                     index = index + 1
