@@ -145,23 +145,14 @@ def _fwd_block_split(acc, l_i, m_i, q, k_base, v_base, start, n0, s_qt, s_qd, qk
 
 
 @triton.jit
-def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
-                s_qt, s_q3, s_qh, s_qd, s_ot, s_oh, s_od,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, EXP2_POLY: tl.constexpr = 0,
-                POLY_PARTS: tl.constexpr = 2):
-    # EXP2_POLY (0: off, the default until measured; 3 or 6: the polynomial's degree) moves 1/POLY_PARTS of each
-    # whole key block's exponentials to the FMA units (_fwd_block_split); the tail block always uses exp2.
-    # Row and head strides arrive divided by ALIGN (see _align()); multiplying by the constant here tells the
-    # compiler they are multiples of it, so 16-byte vector loads survive head dims like 24.
+def _sequence_head(QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   ALIGN: tl.constexpr):
+    """The prologue every kernel over the grid (blocks, S * H) shares: this program's head h, its sequence's rows
+    [start, start + L) of the packed tokens, the head-dim lanes, and the q / k / v bases of head h. Returns the
+    token stride s_qt multiplied back by ALIGN (see _fwd_kernel)."""
     s_qt = s_qt * ALIGN
     s_q3 = s_q3 * ALIGN
     s_qh = s_qh * ALIGN
-    s_ot = s_ot * ALIGN
-    s_oh = s_oh * ALIGN
-    # Inductor may pass Python floats as fp64; the softmax state must stay fp32 (a loop-carried type).
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_m = tl.program_id(0)
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
     h = pid_sh % H
@@ -169,12 +160,32 @@ def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
     start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
     end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
     L = end - start
-    n_full = (L // BLOCK_N) * BLOCK_N  # keys in whole blocks: the unmasked loop below
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM  # head dims like 24 or 80 are padded to a power of two with masks
     q_base = QKV + h * s_qh
     k_base = q_base + s_q3
     v_base = q_base + 2 * s_q3
+    return h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt
+
+
+@triton.jit
+def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
+                s_qt, s_q3, s_qh, s_qd, s_ot, s_oh, s_od,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, EXP2_POLY: tl.constexpr = 0,
+                POLY_PARTS: tl.constexpr = 2):
+    # EXP2_POLY (0: off, the default until measured; 3 or 6: the polynomial's degree) moves 1/POLY_PARTS of each
+    # whole key block's exponentials to the FMA units (_fwd_block_split); the tail block always uses exp2.
+    # Row and head strides arrive divided by ALIGN (see _align()); multiplying by the constant (here and in
+    # _sequence_head) tells the compiler they are multiples of it, so 16-byte vector loads survive head dims like 24.
+    h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt = _sequence_head(
+        QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM, BLOCK_D, ALIGN)
+    s_ot = s_ot * ALIGN
+    s_oh = s_oh * ALIGN
+    # Inductor may pass Python floats as fp64; the softmax state must stay fp32 (a loop-carried type).
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    pid_m = tl.program_id(0)
+    n_full = (L // BLOCK_N) * BLOCK_N  # keys in whole blocks: the unmasked loop below
     # Normally one iteration (or none: the early exit for blocks past this sequence's end).
     for mb in range(pid_m, (L + BLOCK_M - 1) // BLOCK_M, tl.num_programs(0)):
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -220,33 +231,22 @@ def _bwd_delta_kernel(O, DO, DELTA, T, s_ot, s_oh, s_od, s_dt, s_dh, s_dd,
 
 
 @triton.jit
+def _bwd_scalars(s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale, qk_scale, ALIGN: tl.constexpr):
+    """The backward kernels' dO and dQKV strides multiplied back by ALIGN, and their scales as fp32."""
+    return (s_dt * ALIGN, s_dh * ALIGN, s_gt * ALIGN, s_g3 * ALIGN, s_gh * ALIGN, tl.cast(sm_scale, tl.float32),
+            tl.cast(qk_scale, tl.float32))
+
+
+@triton.jit
 def _bwd_dkdv_kernel(QKV, DO, LSE, DELTA, DQKV, DQ_ACC, CU, T, H, sm_scale, qk_scale,
                      s_qt, s_q3, s_qh, s_qd, s_dt, s_dh, s_dd, s_gt, s_g3, s_gh, s_gd,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                      ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
-    s_qt = s_qt * ALIGN
-    s_q3 = s_q3 * ALIGN
-    s_qh = s_qh * ALIGN
-    s_dt = s_dt * ALIGN
-    s_dh = s_dh * ALIGN
-    s_gt = s_gt * ALIGN
-    s_g3 = s_g3 * ALIGN
-    s_gh = s_gh * ALIGN
-    sm_scale = tl.cast(sm_scale, tl.float32)
-    qk_scale = tl.cast(qk_scale, tl.float32)
+    h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt = _sequence_head(
+        QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM, BLOCK_D, ALIGN)
+    s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale, qk_scale = _bwd_scalars(s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale,
+                                                                    qk_scale, ALIGN)
     pid_n = tl.program_id(0)
-    pid_sh = tl.program_id(1)
-    seq = pid_sh // H
-    h = pid_sh % H
-    # int64 from here on: row offsets must not overflow, and the interpreter skips its overflow checks for int64.
-    start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
-    end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
-    L = end - start
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    q_base = QKV + h * s_qh
-    k_base = q_base + s_q3
-    v_base = q_base + 2 * s_q3
     for nb in range(pid_n, (L + BLOCK_N - 1) // BLOCK_N, tl.num_programs(0)):
         offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < L
@@ -289,29 +289,11 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
                    s_qt, s_q3, s_qh, s_qd, s_dt, s_dh, s_dd, s_gt, s_g3, s_gh, s_gd,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
-    s_qt = s_qt * ALIGN
-    s_q3 = s_q3 * ALIGN
-    s_qh = s_qh * ALIGN
-    s_dt = s_dt * ALIGN
-    s_dh = s_dh * ALIGN
-    s_gt = s_gt * ALIGN
-    s_g3 = s_g3 * ALIGN
-    s_gh = s_gh * ALIGN
-    sm_scale = tl.cast(sm_scale, tl.float32)
-    qk_scale = tl.cast(qk_scale, tl.float32)
+    h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt = _sequence_head(
+        QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM, BLOCK_D, ALIGN)
+    s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale, qk_scale = _bwd_scalars(s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale,
+                                                                    qk_scale, ALIGN)
     pid_m = tl.program_id(0)
-    pid_sh = tl.program_id(1)
-    seq = pid_sh // H
-    h = pid_sh % H
-    # int64 from here on: row offsets must not overflow, and the interpreter skips its overflow checks for int64.
-    start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
-    end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
-    L = end - start
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    q_base = QKV + h * s_qh
-    k_base = q_base + s_q3
-    v_base = q_base + 2 * s_q3
     for mb in range(pid_m, (L + BLOCK_M - 1) // BLOCK_M, tl.num_programs(0)):
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < L
