@@ -68,14 +68,6 @@ class Predictor(nn.Module):
         return self.predictor_proj(self.predictor_norm(z))
 
 
-def build_predictor(size: str, embed_dim: int, grid: Grid, num_mask_tokens: int = 2, **overrides) -> Predictor:
-    """The predictor matching an encoder of VIT_SIZES[size] (PREDICTOR_DEFAULTS), with optional overrides."""
-    if size not in PREDICTOR_DEFAULTS:
-        raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(PREDICTOR_DEFAULTS)}")
-    cfg = {**PREDICTOR_DEFAULTS[size], **overrides}
-    return Predictor(embed_dim, grid=grid, num_mask_tokens=num_mask_tokens, **cfg)
-
-
 def layout_buffer(x: torch.Tensor, tokens: torch.Tensor, pos: Optional[torch.Tensor],
                   masks: PackedMasks) -> torch.Tensor:
     """The packed [ctx + pos ; mask token + pos] buffer of every sequence, in one gather.
