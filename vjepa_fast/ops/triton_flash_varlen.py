@@ -16,7 +16,8 @@ Kernels (all over the grid (query or key blocks of max_seqlen, S * H)):
 
 Robustness: sequence bounds are clamped into [0, T], and each program walks its block index in steps of the grid
 size, so a max_seqlen that is too small only costs speed, never an unwritten row or an out-of-bounds access.
-The public entry point with input validation is `vjepa_fast.ops.attention.varlen_attention`.
+The public entry point with input validation is `vjepa_fast.ops.attention.varlen_attention`. Block sizes per shape
+class come from `vjepa_fast.ops.flash_tuning.config` (the tuned table and its fallbacks).
 
 Import it through `vjepa_fast.ops._triton.load` (attention.py does): that builds the kernels compiled or
 interpreted as the process decided at import, and registers and launches them one way in both modes.
