@@ -34,6 +34,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from vjepa_fast.ops import flash_tuning  # noqa: E402
 from vjepa_fast.ops import triton_flash_varlen as tfv  # noqa: E402
 from attention_candidates import CANDIDATES, HEAD_DIMS  # noqa: E402
 
@@ -157,7 +158,7 @@ def shipped_configs() -> list[tuple[str, int, dict]]:
     out = []
     for kernel in ("fwd", "dkdv", "dq", "delta"):
         for hd in HEAD_DIMS:
-            out.append((kernel, hd, tfv._gpu_config(kernel, tfv._block_d(hd), torch.bfloat16)))
+            out.append((kernel, hd, flash_tuning._gpu_config(kernel, tfv._block_d(hd), torch.bfloat16)))
     return out
 
 
@@ -178,10 +179,10 @@ def main() -> int:
     rows, bad = [], 0
     todo = [(k, hd, c, True) for k, hd, c in shipped_configs()]
     n_shipped = len(todo) + 3  # with the deterministic variant and the forward's FMA-exp2 switches below
-    todo.append(("dkdv", 64, tfv._gpu_config("dkdv", 64, torch.bfloat16), False))  # the deterministic variant
+    todo.append(("dkdv", 64, flash_tuning._gpu_config("dkdv", 64, torch.bfloat16), False))  # the deterministic variant
     for switch, warps in ((1, 4), (2, 8)):  # the forward's FMA-exp2 switch: a half, a quarter of each key block
-        todo.append(("fwd", 24, {**tfv._gpu_config("fwd", 32, torch.bfloat16), "BLOCK_N": 64, "num_warps": warps,
-                                 "EXP2_POLY": switch}, True))
+        fwd24 = flash_tuning._gpu_config("fwd", 32, torch.bfloat16)
+        todo.append(("fwd", 24, {**fwd24, "BLOCK_N": 64, "num_warps": warps, "EXP2_POLY": switch}, True))
     if not args.only_table:
         todo += [(k, hd, c, True) for k, per_hd in CANDIDATES.items() for hd, cfgs in per_hd.items() for c in cfgs
                  if args.kernel in (None, k) and args.head_dim in (None, hd)]

@@ -94,29 +94,28 @@ def _bench(fn) -> float:
 def _trial(tfv, kernel: str, cfg: dict, fixed: dict, cases: dict) -> dict:
     """Time one candidate over the class's shapes; error on any shape rejects it."""
     row = {"kernel": kernel, "config": cfg, "ms": {}, "rel_err": {}}
-    tiles = {"dkdv" if kernel == "bwd_atomic" else kernel: cfg}
-    with tfv.block_sizes(**fixed, **tiles):
-        for name, c in cases.items():
-            args = (c.qkv, c.cu, c.max_len, c.scale)
-            try:
-                out, lse = tfv._forward(*args)
-                if kernel == "fwd":
-                    row["rel_err"][name] = _rel(out, c.ref_out)
-                    row["ms"][name] = _bench(lambda: tfv._forward(*args))
-                else:
-                    det = kernel != "bwd_atomic"  # dkdv and dq are tuned inside the split backward
-                    tfv._backend.set_attention_backward("split" if det else "atomic")
-                    dqkv = tfv._backward(c.dout, c.qkv, out, lse, c.cu, c.max_len, c.scale, det)
-                    row["rel_err"][name] = _rel(dqkv, c.ref_grad)
-                    row["ms"][name] = _bench(
-                        lambda: tfv._backward(c.dout, c.qkv, out, lse, c.cu, c.max_len, c.scale, det))
-                if c.qkv.is_cuda:
-                    torch.cuda.synchronize()
-            except Exception as e:  # out of shared memory, a compile error: this candidate is out, not the run
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-                return row
-            finally:
-                tfv._backend.set_attention_backward("auto")
+    configs = {**fixed, "dkdv" if kernel == "bwd_atomic" else kernel: cfg}  # the launches' options, not the table's
+    for name, c in cases.items():
+        args = (c.qkv, c.cu, c.max_len, c.scale)
+        try:
+            out, lse = tfv._forward(*args, configs=configs)
+            if kernel == "fwd":
+                row["rel_err"][name] = _rel(out, c.ref_out)
+                row["ms"][name] = _bench(lambda: tfv._forward(*args, configs=configs))
+            else:
+                det = kernel != "bwd_atomic"  # dkdv and dq are tuned inside the split backward
+                tfv._backend.set_attention_backward("split" if det else "atomic")
+                bwd = (c.dout, c.qkv, out, lse, c.cu, c.max_len, c.scale, det)
+                dqkv = tfv._backward(*bwd, configs=configs)
+                row["rel_err"][name] = _rel(dqkv, c.ref_grad)
+                row["ms"][name] = _bench(lambda: tfv._backward(*bwd, configs=configs))
+            if c.qkv.is_cuda:
+                torch.cuda.synchronize()
+        except Exception as e:  # out of shared memory, a compile error: this candidate is out, not the run
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            return row
+        finally:
+            tfv._backend.set_attention_backward("auto")
     row["total_ms"] = sum(row["ms"].values())
     row["ok"] = max(row["rel_err"].values()) < MAX_REL_ERR
     return row
@@ -137,6 +136,7 @@ def main() -> int:
     else:
         print("tune_attention: needs a CUDA GPU (or --smoke)", file=sys.stderr)
         return 2
+    from vjepa_fast.ops import flash_tuning
     from vjepa_fast.ops import triton_flash_varlen as tfv
 
     t0 = time.time()
@@ -163,7 +163,7 @@ def main() -> int:
         fixed: dict = {}
         for kernel in ("fwd", "dkdv", "dq"):
             best = None
-            default = tfv._gpu_config(kernel, int(bd), torch.bfloat16)
+            default = flash_tuning._gpu_config(kernel, int(bd), torch.bfloat16)
             cands = CANDIDATES[kernel][hd] if hd in CANDIDATES[kernel] else [default]
             # smoke: the first two and one with each kernel switch (EXP2_POLY), so every code path runs once
             smoke = cands[:2] + [c for c in cands[2:] if "EXP2_POLY" in c][:1]
@@ -188,7 +188,8 @@ def main() -> int:
             gain = f", {dflt['total_ms'] / best['total_ms']:.2f}x the default" if dflt else ""
             print(f"Dh {hd} {kernel}: best {json.dumps(best['config'])} {best['total_ms']:.3f} ms{gain}", flush=True)
             fixed[kernel] = best["config"]
-        atomic = _trial(tfv, "bwd_atomic", fixed.get("dkdv", tfv._gpu_config("dkdv", int(bd), torch.bfloat16)),
+        dkdv = fixed.get("dkdv", flash_tuning._gpu_config("dkdv", int(bd), torch.bfloat16))
+        atomic = _trial(tfv, "bwd_atomic", dkdv,
                         {k: v for k, v in fixed.items() if k != "dkdv"}, cases)
         atomic.update(head_dim=hd, default=False)
         trials.append(atomic)

@@ -1,8 +1,12 @@
 """Test hooks on the Triton kernels' plumbing, kept out of the package (nothing on the launch path checks for them).
 
-- `poison_outputs()`: every output the attention kernels allocate starts as NaN, so an element a kernel forgets to
-  write shows up (it replaces the module's one allocation function for the duration);
-- `attention_backward(mode)`: run the attention backward's "split" or "atomic" dQ path for the duration.
+- `poison_outputs()`: every floating-point tensor the kernels' launch code allocates (with torch.empty, as all of
+  them do) starts as NaN, so an element a kernel forgets to write shows up (it replaces torch.empty for the
+  duration);
+- `attention_backward(mode)`: run the attention backward's "split" or "atomic" dQ path for the duration;
+- `block_sizes(**per_kernel)`: the attention kernels named launch with these options (block sizes, MAX_PROGRAMS,
+  EXP2_POLY) instead of the tuned ones, e.g. `block_sizes(fwd={"BLOCK_M": 16, "BLOCK_N": 32})` (it replaces
+  flash_tuning.config, the one lookup the launches make, for the duration).
 """
 from __future__ import annotations
 
@@ -11,21 +15,22 @@ from typing import Iterator
 
 import torch
 
-from vjepa_fast.ops import _backend, _triton
-
-
-def _nan_alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+from vjepa_fast.ops import _backend, flash_tuning
 
 
 @contextlib.contextmanager
 def poison_outputs() -> Iterator[None]:
-    tfv = _triton.load("triton_flash_varlen")
-    old, tfv._alloc = tfv._alloc, _nan_alloc
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs) -> torch.Tensor:
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    torch.empty = nan_empty
     try:
         yield
     finally:
-        tfv._alloc = old
+        torch.empty = empty
 
 
 @contextlib.contextmanager
@@ -36,3 +41,17 @@ def attention_backward(mode: str) -> Iterator[None]:
         yield
     finally:
         _backend.attention_backward = old
+
+
+@contextlib.contextmanager
+def block_sizes(**per_kernel: dict) -> Iterator[None]:
+    tuned = flash_tuning.config
+
+    def forced(kernel: str, *args) -> dict:
+        return dict(per_kernel[kernel]) if kernel in per_kernel else tuned(kernel, *args)
+
+    flash_tuning.config = forced
+    try:
+        yield
+    finally:
+        flash_tuning.config = tuned

@@ -19,9 +19,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 from conftest import set_backend_for_test  # noqa: E402
-from kernel_hooks import attention_backward, poison_outputs  # noqa: E402
+from kernel_hooks import attention_backward, block_sizes, poison_outputs  # noqa: E402
 
-from vjepa_fast.ops import _backend, _triton  # noqa: E402
+from vjepa_fast.ops import _backend, _triton, flash_tuning  # noqa: E402
 from vjepa_fast.ops import attention as A  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,7 +153,7 @@ def test_small_blocks_full_grid(triton_backend, deterministic):
     cfg_mn = {"BLOCK_M": 16, "BLOCK_N": 32, "MAX_PROGRAMS": None}
     cfg_nm = {"BLOCK_M": 32, "BLOCK_N": 16, "MAX_PROGRAMS": None}
     qkv, cu, max_len, dout = _batch([1, 16, 17, 0, 33, 48, 5], 2, 96, torch.float32, seed=5)
-    with _kernels().block_sizes(fwd=cfg_mn, dkdv=cfg_nm, dq=cfg_mn, delta={"BLOCK_M": 16}):
+    with block_sizes(fwd=cfg_mn, dkdv=cfg_nm, dq=cfg_mn, delta={"BLOCK_M": 16}):
         out, dqkv = _run_triton(qkv, cu, max_len, dout, deterministic)
     truth_out, truth_d = _ref(qkv, cu, dout)
     same_out, same_d = _ref(qkv, cu, dout, torch.float32)
@@ -170,7 +170,7 @@ def test_fma_exp2_forward_matches_fp64(triton_backend, Dh, switch, dtype):
     qkv, cu, max_len, dout = _batch([1, 70, 0, 64, 33, 100], 2, Dh, dtype, seed=40 + Dh)
     block_n = 64 if Dh <= 32 or switch == 2 else 32  # parts of 16 keys or more
     fwd = {"BLOCK_M": 32, "BLOCK_N": block_n, "EXP2_POLY": switch, "MAX_PROGRAMS": 1}
-    with _kernels().block_sizes(fwd=fwd):
+    with block_sizes(fwd=fwd):
         out, dqkv = _run_triton(qkv, cu, max_len, dout, deterministic=True)
     truth_out, truth_d = _ref(qkv, cu, dout)
     same_out, same_d = _ref(qkv, cu, dout, dtype)
@@ -205,7 +205,7 @@ def test_max_seqlen_too_small_is_only_slower():
     tfv = _kernels()
     qkv, cu, _, dout = _batch([40, 3, 21], 1, 24, torch.float32, seed=6)
     cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "MAX_PROGRAMS": None}
-    with tfv.block_sizes(fwd=cfg, dkdv=cfg, dq=cfg), poison_outputs():
+    with block_sizes(fwd=cfg, dkdv=cfg, dq=cfg), poison_outputs():
         out, dqkv = _fwd_bwd(lambda x: tfv.flash_varlen_attention(x, cu, 1, deterministic=True), qkv, dout)
     truth_out, truth_d = _ref(qkv, cu, dout)
     same_out, same_d = _ref(qkv, cu, dout, torch.float32)
@@ -441,44 +441,43 @@ def test_tuned_block_size_table(tmp_path, monkeypatch):
     architecture and head-dim class only; bad files and bad entries warn and fall back, never crash a run."""
     import json
 
-    tfv = _kernels()
     tuned = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps({"sm_90": {"fwd": {"64": tuned, "32": {"BLOCK_M": 48, "BLOCK_N": 32}}},
                                 "_meta": {"device": "x"}}))
-    tfv._tuned_tables.cache_clear()
-    assert tfv._tuned_config("fwd", 64, "sm_90", str(path)) == tuned
-    assert tfv._cached_config("fwd", 64, torch.bfloat16, "sm_90", False, str(path)) == tuned
-    assert tfv._tuned_config("fwd", 64, "sm_80", str(path)) is None  # another architecture: defaults
-    assert tfv._tuned_config("dq", 64, "sm_90", str(path)) is None  # another kernel
-    assert tfv._cached_config("dq", 64, torch.bfloat16, "sm_80", False, str(path)) == tfv._gpu_config(
-        "dq", 64, torch.bfloat16) == tfv._tuned_config("dq", 64, tfv.FALLBACK_ARCH)  # the packaged fallback
+    flash_tuning._tuned_tables.cache_clear()
+    assert flash_tuning._tuned_config("fwd", 64, "sm_90", str(path)) == tuned
+    assert flash_tuning._cached_config("fwd", 64, torch.bfloat16, "sm_90", False, str(path)) == tuned
+    assert flash_tuning._tuned_config("fwd", 64, "sm_80", str(path)) is None  # another architecture: defaults
+    assert flash_tuning._tuned_config("dq", 64, "sm_90", str(path)) is None  # another kernel
+    assert flash_tuning._cached_config("dq", 64, torch.bfloat16, "sm_80", False, str(path)) == \
+        flash_tuning._gpu_config("dq", 64, torch.bfloat16) == \
+        flash_tuning._tuned_config("dq", 64, flash_tuning.FALLBACK_ARCH)  # the packaged fallback
     # fp32 is a correctness path: always the built-in entry
-    assert tfv._cached_config("fwd", 64, torch.float32, "sm_90", False, str(path)) == \
-        tfv._gpu_config("fwd", 64, torch.float32)
+    assert flash_tuning._cached_config("fwd", 64, torch.float32, "sm_90", False, str(path)) == \
+        flash_tuning._gpu_config("fwd", 64, torch.float32)
     with pytest.warns(RuntimeWarning, match="invalid entry"):  # 48 is not a power of two
-        assert tfv._tuned_config("fwd", 32, "sm_90", str(path)) is None
+        assert flash_tuning._tuned_config("fwd", 32, "sm_90", str(path)) is None
 
     path.write_text("{not json")
-    tfv._tuned_tables.cache_clear()
+    flash_tuning._tuned_tables.cache_clear()
     with pytest.warns(RuntimeWarning, match="ignoring block-size table"):
-        assert tfv._tuned_config("fwd", 64, "sm_90", str(path)) is None
+        assert flash_tuning._tuned_config("fwd", 64, "sm_90", str(path)) is None
     with pytest.warns(RuntimeWarning, match="ignoring block-size table"):
-        assert tfv._tuned_config("fwd", 64, "sm_90", str(tmp_path / "missing.json")) is None
-    tfv._tuned_tables.cache_clear()
-    tfv._cached_config.cache_clear()
+        assert flash_tuning._tuned_config("fwd", 64, "sm_90", str(tmp_path / "missing.json")) is None
+    flash_tuning._tuned_tables.cache_clear()
+    flash_tuning._cached_config.cache_clear()
 
 
 def test_packaged_tuned_table_is_valid():
     """Every entry of the shipped table is one the kernels accept (a typo there would silently fall back)."""
     import json
 
-    tfv = _kernels()
-    if not tfv._TUNED_FILE.exists():
+    if not flash_tuning._TUNED_FILE.exists():
         pytest.skip("no packaged table yet")
-    data = json.loads(tfv._TUNED_FILE.read_text())
+    data = json.loads(flash_tuning._TUNED_FILE.read_text())
     entries = [(k, cfg) for arch, per in data.items() if not arch.startswith("_")
                for k, per_bd in per.items() for cfg in per_bd.values()]
     assert entries
     for kernel, cfg in entries:
-        assert kernel in ("fwd", "dkdv", "dq", "delta") and tfv._valid_entry(kernel, cfg), (kernel, cfg)
+        assert kernel in ("fwd", "dkdv", "dq", "delta") and flash_tuning._valid_entry(kernel, cfg), (kernel, cfg)

@@ -7,8 +7,8 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.vit import INIT_TRUNC
-from vjepa_fast.models import (PREDICTOR_DEFAULTS, VIT_SIZES, Block, Predictor, VisionTransformer, build_predictor,
-                               interpolate_pos, sincos_3d)
+from vjepa_fast.models import (PREDICTOR_DEFAULTS, VIT_SIZES, Block, Predictor, VisionTransformer, interpolate_pos,
+                               sincos_3d)
 
 # A small model with awkward sizes: grid (2, 2, 3) -> N = 12 tokens, width 24, 3 heads of 8.
 SMALL = dict(size="tiny", img_size=(8, 12), num_frames=4, patch_size=4, tubelet_size=2, embed_dim=24, depth=2,
@@ -87,7 +87,7 @@ def _grads(model):
 def test_parameter_counts_vitl():
     with torch.device("meta"):
         enc = VisionTransformer("large")
-        pred = build_predictor("large", enc.embed_dim, enc.grid)
+        pred = Predictor(enc.embed_dim, grid=enc.grid, **PREDICTOR_DEFAULTS["large"])
     n_enc = sum(p.numel() for p in enc.parameters())
     n_pred = sum(p.numel() for p in pred.parameters())
     assert abs(n_enc - 304e6) / 304e6 < 0.01, n_enc
@@ -100,7 +100,7 @@ def test_parameter_counts_vitl():
 def test_every_size_builds(size):
     with torch.device("meta"):
         enc = VisionTransformer(size)
-        pred = build_predictor(size, enc.embed_dim, enc.grid)
+        pred = Predictor(enc.embed_dim, grid=enc.grid, **PREDICTOR_DEFAULTS[size])
     cfg = VIT_SIZES[size]
     assert len(enc.blocks) == cfg["depth"] and enc.blocks[0].attn.num_heads == cfg["num_heads"]
     assert len(pred.predictor_blocks) == PREDICTOR_DEFAULTS[size]["depth"]
@@ -199,7 +199,7 @@ def test_size_tables_match_the_original(size):
     width, depth, heads, ratio = ORIGINAL_SIZES[size]
     with torch.device("meta"):
         enc = VisionTransformer(size)
-        pred = build_predictor(size, enc.embed_dim, enc.grid)
+        pred = Predictor(enc.embed_dim, grid=enc.grid, **PREDICTOR_DEFAULTS[size])
     assert (enc.embed_dim, len(enc.blocks), enc.num_heads) == (width, depth, heads)
     assert enc.blocks[0].attn.head_dim * heads == width
     assert enc.blocks[0].mlp.fc1.out_features == round(width * ratio)

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from vjepa_fast import eval as ev
-from vjepa_fast.config import Config, ConfigError, load_config
+from vjepa_fast.config import METHODS, Config, ConfigError, load_config
 from vjepa_fast.parallel import DistInfo
 
 log = logging.getLogger("vjepa_fast.bench_quality")
@@ -36,7 +36,6 @@ PRESETS = {
                                          "train.batch_size=32", "data.num_workers=8", "optim.warmup_steps=200"],
                 probe=dict(train_samples=4000, val_samples=1000, epochs=20)),
 }
-METHODS = ("vjepa", "videomae")
 LABELS = ("motion", "appearance")
 CALIBRATION_STEPS = 12  # the first CALIBRATION_WARMUP carry start-up costs and are not counted
 CALIBRATION_WARMUP = 4

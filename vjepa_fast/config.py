@@ -20,6 +20,11 @@ from typing import Any, Optional
 
 import yaml
 
+# Choice lists whose owners are the modules that act on the choice.
+from vjepa_fast.data.decode import DECODERS
+from vjepa_fast.models.pos_embed import POS_EMBEDS
+from vjepa_fast.models.vit import VIT_SIZES
+
 
 def single_line(text: str) -> str:
     """`text` with every character that could break or hide part of a terminal line (line and record separators,
@@ -170,10 +175,8 @@ class Config:
 
 
 METHODS = ("vjepa", "videomae")
-SIZES = ("tiny", "small", "base", "large", "huge", "giant")
+SIZES = tuple(VIT_SIZES)  # the ViT sizes models/vit.py defines
 PRECISIONS = ("auto", "bf16", "fp32")
-DECODERS = ("auto", "pyav", "decord", "torchcodec")
-POS_EMBEDS = ("sincos", "sincos_1d", "rope")
 LR_SCHEDULES = ("cosine", "wsd")
 INT_LIMIT = 2**63  # every integer key must fit an int64 (numpy seeds, torch tensors)
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,42 @@ class PackedMasks:
 
     def pin_memory(self) -> "PackedMasks":
         return self._map(lambda t: t.pin_memory())
+
+    def check_decoder_input(self, who: str, ctx: torch.Tensor, embed_dim: int, grid, num_tokens: int,
+                            mask_tokens: Optional[int] = None) -> None:
+        """The input checks of a decoder that lays ctx out by these masks (the predictor, the VideoMAE decoder):
+        ctx [Rc, embed_dim] on the masks' device, masks for `num_tokens` tokens per clip (the decoder's `grid`),
+        and the packed sizes in agreement. `mask_tokens` (the predictor's count, one per mask configuration) adds
+        the checks of what only it reads: the configuration count, tgt_mask_id and the slot-by-slot gather rows.
+        `who` starts each error message."""
+        if ctx.dim() != 2 or ctx.shape[1] != embed_dim:
+            raise ValueError(f"{who}: ctx must be [Rc, {embed_dim}], got {tuple(ctx.shape)}")
+        if self.num_tokens != num_tokens:
+            raise ValueError(f"{who}: masks are for {self.num_tokens} tokens per clip but it was built for grid "
+                             f"{grid} = {num_tokens} tokens")
+        if mask_tokens is not None and self.num_masks > mask_tokens:
+            raise ValueError(f"{who}: {self.num_masks} mask configurations but only {mask_tokens} mask tokens")
+        Rc, Rt = self.ctx_rows.numel(), self.tgt_rows.numel()
+        if ctx.shape[0] != Rc or self.pred_ctx_slots.numel() != Rc:
+            raise ValueError(f"{who}: ctx has {ctx.shape[0]} rows, ctx_rows {Rc}, pred_ctx_slots "
+                             f"{self.pred_ctx_slots.numel()}: they must agree")
+        per_target = ("pred_tgt_slots", "tgt_mask_id") if mask_tokens is not None else ("pred_tgt_slots",)
+        for name in per_target:
+            if getattr(self, name).numel() != Rt:
+                counts = ", ".join(f"{n} {getattr(self, n).numel()}" for n in per_target)
+                raise ValueError(f"{who}: tgt_rows {Rt}, {counts}: they must agree")
+        names = ["ctx_rows", "tgt_rows", "pred_cu", "pred_ctx_slots", "pred_tgt_slots"]
+        if mask_tokens is not None:
+            for name in ("pred_src_rows", "pred_pos_rows"):
+                t = getattr(self, name)
+                if t.numel() != Rc + Rt:
+                    raise ValueError(f"{who}: masks.{name} has {t.numel()} entries but the buffer has Rc + Rt = "
+                                     f"{Rc + Rt} rows")
+            names += ["tgt_mask_id", "pred_src_rows", "pred_pos_rows"]
+        for name in names:
+            t = getattr(self, name)
+            if t.device != ctx.device:
+                raise ValueError(f"{who}: masks.{name} on {t.device} but ctx on {ctx.device}")
 
 
 # masks[m][i] = (ctx_idx, tgt_idx): sorted int64 token indices of mask configuration m for sample i.

@@ -50,36 +50,10 @@ class Predictor(nn.Module):
         self.predictor_proj = nn.Linear(pred_dim, embed_dim)
         init_model(self, self.predictor_blocks, init)  # Linear / LayerNorm only: the mask tokens stay zero
 
-    def _validate(self, ctx: torch.Tensor, masks: PackedMasks) -> None:
-        if ctx.dim() != 2 or ctx.shape[1] != self.embed_dim:
-            raise ValueError(f"predictor: ctx must be [Rc, {self.embed_dim}], got {tuple(ctx.shape)}")
-        if masks.num_tokens != self.num_tokens:
-            raise ValueError(f"predictor: masks are for {masks.num_tokens} tokens per clip but the predictor was built "
-                             f"for grid {self.grid} = {self.num_tokens} tokens")
-        if masks.num_masks > len(self.mask_tokens):
-            raise ValueError(f"predictor: {masks.num_masks} mask configurations but only {len(self.mask_tokens)} "
-                             f"mask tokens")
-        Rc, Rt = masks.ctx_rows.numel(), masks.tgt_rows.numel()
-        if ctx.shape[0] != Rc or masks.pred_ctx_slots.numel() != Rc:
-            raise ValueError(f"predictor: ctx has {ctx.shape[0]} rows, ctx_rows {Rc}, pred_ctx_slots "
-                             f"{masks.pred_ctx_slots.numel()}: they must agree")
-        if masks.pred_tgt_slots.numel() != Rt or masks.tgt_mask_id.numel() != Rt:
-            raise ValueError(f"predictor: tgt_rows {Rt}, pred_tgt_slots {masks.pred_tgt_slots.numel()}, tgt_mask_id "
-                             f"{masks.tgt_mask_id.numel()}: they must agree")
-        for name in ("pred_src_rows", "pred_pos_rows"):
-            t = getattr(masks, name)
-            if t.numel() != Rc + Rt:
-                raise ValueError(f"predictor: masks.{name} has {t.numel()} entries but the predictor buffer has "
-                                 f"Rc + Rt = {Rc + Rt} rows")
-        for name in ("ctx_rows", "tgt_rows", "tgt_mask_id", "pred_cu", "pred_ctx_slots", "pred_tgt_slots",
-                     "pred_src_rows", "pred_pos_rows"):
-            t = getattr(masks, name)
-            if t.device != ctx.device:
-                raise ValueError(f"predictor: masks.{name} on {t.device} but ctx on {ctx.device}")
-
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
         """ctx [Rc, D] (context encoder output, packed as masks.ctx_*) -> predictions [Rt, D] for masks.tgt_rows."""
-        self._validate(ctx, masks)
+        masks.check_decoder_input("predictor", ctx, self.embed_dim, self.grid, self.num_tokens,
+                                  len(self.mask_tokens))
         x = self.predictor_embed(ctx)
         tokens = torch.cat(list(self.mask_tokens), dim=0).reshape(-1, self.pred_dim)  # [num_mask_tokens, Dp]
         table = self.predictor_pos_embed[0] if self.predictor_pos_embed is not None else None
@@ -92,14 +66,6 @@ class Predictor(nn.Module):
             buf = block(buf, masks.pred_cu, masks.pred_max, None, rope)
         z = buf.index_select(0, masks.pred_tgt_slots)  # norm is per token: normalise only what is returned
         return self.predictor_proj(self.predictor_norm(z))
-
-
-def build_predictor(size: str, embed_dim: int, grid: Grid, num_mask_tokens: int = 2, **overrides) -> Predictor:
-    """The predictor matching an encoder of VIT_SIZES[size] (PREDICTOR_DEFAULTS), with optional overrides."""
-    if size not in PREDICTOR_DEFAULTS:
-        raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(PREDICTOR_DEFAULTS)}")
-    cfg = {**PREDICTOR_DEFAULTS[size], **overrides}
-    return Predictor(embed_dim, grid=grid, num_mask_tokens=num_mask_tokens, **cfg)
 
 
 def layout_buffer(x: torch.Tensor, tokens: torch.Tensor, pos: Optional[torch.Tensor],

@@ -124,26 +124,9 @@ class VideoMAEDecoder(nn.Module):
         init_weights(self)
         nn.init.trunc_normal_(self.mask_token, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)  # as VideoMAE
 
-    def _validate(self, ctx: torch.Tensor, masks: PackedMasks) -> None:
-        if ctx.dim() != 2 or ctx.shape[1] != self.embed_dim:
-            raise ValueError(f"VideoMAEDecoder: ctx must be [Rc, {self.embed_dim}], got {tuple(ctx.shape)}")
-        if masks.num_tokens != self.num_tokens:
-            raise ValueError(f"VideoMAEDecoder: masks are for {masks.num_tokens} tokens per clip but the decoder was "
-                             f"built for grid {self.grid} = {self.num_tokens} tokens")
-        Rc, Rt = masks.ctx_rows.numel(), masks.tgt_rows.numel()
-        if ctx.shape[0] != Rc or masks.pred_ctx_slots.numel() != Rc:
-            raise ValueError(f"VideoMAEDecoder: ctx has {ctx.shape[0]} rows, ctx_rows {Rc}, pred_ctx_slots "
-                             f"{masks.pred_ctx_slots.numel()}: they must agree")
-        if masks.pred_tgt_slots.numel() != Rt:
-            raise ValueError(f"VideoMAEDecoder: tgt_rows {Rt} but pred_tgt_slots {masks.pred_tgt_slots.numel()}")
-        for name in ("ctx_rows", "tgt_rows", "pred_cu", "pred_ctx_slots", "pred_tgt_slots"):
-            t = getattr(masks, name)
-            if t.device != ctx.device:
-                raise ValueError(f"VideoMAEDecoder: masks.{name} on {t.device} but ctx on {ctx.device}")
-
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
         """ctx [Rc, D] (encoder output on the visible rows) -> pixel predictions [Rt, out_dim] for masks.tgt_rows."""
-        self._validate(ctx, masks)
+        masks.check_decoder_input("VideoMAEDecoder", ctx, self.embed_dim, self.grid, self.num_tokens)
         x = self.encoder_to_decoder(ctx)
         # [visible + pos ; mask token + pos] per clip in one packed buffer (M = 1: every masked row uses the token)
         buf = layout_buffer(x, self.mask_token, self.pos_embed, masks)

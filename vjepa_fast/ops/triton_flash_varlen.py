@@ -16,25 +16,21 @@ Kernels (all over the grid (query or key blocks of max_seqlen, S * H)):
 
 Robustness: sequence bounds are clamped into [0, T], and each program walks its block index in steps of the grid
 size, so a max_seqlen that is too small only costs speed, never an unwritten row or an out-of-bounds access.
-The public entry point with input validation is `vjepa_fast.ops.attention.varlen_attention`.
+The public entry point with input validation is `vjepa_fast.ops.attention.varlen_attention`. Block sizes per shape
+class come from `vjepa_fast.ops.flash_tuning.config` (the tuned table and its fallbacks).
 
 Import it through `vjepa_fast.ops._triton.load` (attention.py does): that builds the kernels compiled or
 interpreted as the process decided at import, and registers and launches them one way in both modes.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
-import warnings
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from vjepa_fast.ops import _backend
+from vjepa_fast.ops import _backend, flash_tuning
 from vjepa_fast.ops._triton import launch as _launch
 from vjepa_fast.ops._triton import register
 
@@ -145,23 +141,14 @@ def _fwd_block_split(acc, l_i, m_i, q, k_base, v_base, start, n0, s_qt, s_qd, qk
 
 
 @triton.jit
-def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
-                s_qt, s_q3, s_qh, s_qd, s_ot, s_oh, s_od,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, EXP2_POLY: tl.constexpr = 0,
-                POLY_PARTS: tl.constexpr = 2):
-    # EXP2_POLY (0: off, the default until measured; 3 or 6: the polynomial's degree) moves 1/POLY_PARTS of each
-    # whole key block's exponentials to the FMA units (_fwd_block_split); the tail block always uses exp2.
-    # Row and head strides arrive divided by ALIGN (see _align()); multiplying by the constant here tells the
-    # compiler they are multiples of it, so 16-byte vector loads survive head dims like 24.
+def _sequence_head(QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   ALIGN: tl.constexpr):
+    """The prologue every kernel over the grid (blocks, S * H) shares: this program's head h, its sequence's rows
+    [start, start + L) of the packed tokens, the head-dim lanes, and the q / k / v bases of head h. Returns the
+    token stride s_qt multiplied back by ALIGN (see _fwd_kernel)."""
     s_qt = s_qt * ALIGN
     s_q3 = s_q3 * ALIGN
     s_qh = s_qh * ALIGN
-    s_ot = s_ot * ALIGN
-    s_oh = s_oh * ALIGN
-    # Inductor may pass Python floats as fp64; the softmax state must stay fp32 (a loop-carried type).
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_m = tl.program_id(0)
     pid_sh = tl.program_id(1)
     seq = pid_sh // H
     h = pid_sh % H
@@ -169,12 +156,32 @@ def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
     start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
     end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
     L = end - start
-    n_full = (L // BLOCK_N) * BLOCK_N  # keys in whole blocks: the unmasked loop below
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM  # head dims like 24 or 80 are padded to a power of two with masks
     q_base = QKV + h * s_qh
     k_base = q_base + s_q3
     v_base = q_base + 2 * s_q3
+    return h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt
+
+
+@triton.jit
+def _fwd_kernel(QKV, O, LSE, CU, T, H, qk_scale,
+                s_qt, s_q3, s_qh, s_qd, s_ot, s_oh, s_od,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                DOT_PREC: tl.constexpr, ALIGN: tl.constexpr, EXP2_POLY: tl.constexpr = 0,
+                POLY_PARTS: tl.constexpr = 2):
+    # EXP2_POLY (0: off, the default until measured; 3 or 6: the polynomial's degree) moves 1/POLY_PARTS of each
+    # whole key block's exponentials to the FMA units (_fwd_block_split); the tail block always uses exp2.
+    # Row and head strides arrive divided by ALIGN (see _align()); multiplying by the constant (here and in
+    # _sequence_head) tells the compiler they are multiples of it, so 16-byte vector loads survive head dims like 24.
+    h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt = _sequence_head(
+        QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM, BLOCK_D, ALIGN)
+    s_ot = s_ot * ALIGN
+    s_oh = s_oh * ALIGN
+    # Inductor may pass Python floats as fp64; the softmax state must stay fp32 (a loop-carried type).
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    pid_m = tl.program_id(0)
+    n_full = (L // BLOCK_N) * BLOCK_N  # keys in whole blocks: the unmasked loop below
     # Normally one iteration (or none: the early exit for blocks past this sequence's end).
     for mb in range(pid_m, (L + BLOCK_M - 1) // BLOCK_M, tl.num_programs(0)):
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -220,33 +227,22 @@ def _bwd_delta_kernel(O, DO, DELTA, T, s_ot, s_oh, s_od, s_dt, s_dh, s_dd,
 
 
 @triton.jit
+def _bwd_scalars(s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale, qk_scale, ALIGN: tl.constexpr):
+    """The backward kernels' dO and dQKV strides multiplied back by ALIGN, and their scales as fp32."""
+    return (s_dt * ALIGN, s_dh * ALIGN, s_gt * ALIGN, s_g3 * ALIGN, s_gh * ALIGN, tl.cast(sm_scale, tl.float32),
+            tl.cast(qk_scale, tl.float32))
+
+
+@triton.jit
 def _bwd_dkdv_kernel(QKV, DO, LSE, DELTA, DQKV, DQ_ACC, CU, T, H, sm_scale, qk_scale,
                      s_qt, s_q3, s_qh, s_qd, s_dt, s_dh, s_dd, s_gt, s_g3, s_gh, s_gd,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                      ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
-    s_qt = s_qt * ALIGN
-    s_q3 = s_q3 * ALIGN
-    s_qh = s_qh * ALIGN
-    s_dt = s_dt * ALIGN
-    s_dh = s_dh * ALIGN
-    s_gt = s_gt * ALIGN
-    s_g3 = s_g3 * ALIGN
-    s_gh = s_gh * ALIGN
-    sm_scale = tl.cast(sm_scale, tl.float32)
-    qk_scale = tl.cast(qk_scale, tl.float32)
+    h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt = _sequence_head(
+        QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM, BLOCK_D, ALIGN)
+    s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale, qk_scale = _bwd_scalars(s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale,
+                                                                    qk_scale, ALIGN)
     pid_n = tl.program_id(0)
-    pid_sh = tl.program_id(1)
-    seq = pid_sh // H
-    h = pid_sh % H
-    # int64 from here on: row offsets must not overflow, and the interpreter skips its overflow checks for int64.
-    start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
-    end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
-    L = end - start
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    q_base = QKV + h * s_qh
-    k_base = q_base + s_q3
-    v_base = q_base + 2 * s_q3
     for nb in range(pid_n, (L + BLOCK_N - 1) // BLOCK_N, tl.num_programs(0)):
         offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < L
@@ -289,29 +285,11 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
                    s_qt, s_q3, s_qh, s_qd, s_dt, s_dh, s_dd, s_gt, s_g3, s_gh, s_gd,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    DOT_PREC: tl.constexpr, ALIGN: tl.constexpr):
-    s_qt = s_qt * ALIGN
-    s_q3 = s_q3 * ALIGN
-    s_qh = s_qh * ALIGN
-    s_dt = s_dt * ALIGN
-    s_dh = s_dh * ALIGN
-    s_gt = s_gt * ALIGN
-    s_g3 = s_g3 * ALIGN
-    s_gh = s_gh * ALIGN
-    sm_scale = tl.cast(sm_scale, tl.float32)
-    qk_scale = tl.cast(qk_scale, tl.float32)
+    h, start, L, offs_d, d_ok, q_base, k_base, v_base, s_qt = _sequence_head(
+        QKV, CU, T, H, s_qt, s_q3, s_qh, HEAD_DIM, BLOCK_D, ALIGN)
+    s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale, qk_scale = _bwd_scalars(s_dt, s_dh, s_gt, s_g3, s_gh, sm_scale,
+                                                                    qk_scale, ALIGN)
     pid_m = tl.program_id(0)
-    pid_sh = tl.program_id(1)
-    seq = pid_sh // H
-    h = pid_sh % H
-    # int64 from here on: row offsets must not overflow, and the interpreter skips its overflow checks for int64.
-    start = tl.minimum(tl.maximum(tl.load(CU + seq).to(tl.int64), 0), T)
-    end = tl.minimum(tl.maximum(tl.load(CU + seq + 1).to(tl.int64), start), T)
-    L = end - start
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    q_base = QKV + h * s_qh
-    k_base = q_base + s_q3
-    v_base = q_base + 2 * s_q3
     for mb in range(pid_m, (L + BLOCK_M - 1) // BLOCK_M, tl.num_programs(0)):
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < L
@@ -340,140 +318,13 @@ def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, CU, T, H, sm_scale, qk_scale,
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Block sizes per shape class: (kernel, padded head dim, dtype, GPU architecture, interpreted), looked up once per
-# class (lru_cache) instead of autotuning, which keeps compile time and torch.compile traces predictable.
-#
-# The one table is `flash_varlen_tuned.json` beside this file: the winners of benchmarks/tune_attention.py per compute
-# capability ("sm_90"), kernel and padded head dim, for 16-bit inputs. `backends.attention_tuning` (or
-# VJEPA_FAST_FLASH_TUNING) points at another such file, e.g. one just tuned on this card. An architecture the table
-# does not name takes the FALLBACK_ARCH entries, which compile without register spills at ViT strides, also with
-# fp64 float arguments as Inductor passes them (benchmarks/aot_compile_attention.py, tests/test_triton_aot.py).
-
-_TUNED_FILE = Path(__file__).with_name("flash_varlen_tuned.json")
-FALLBACK_ARCH = "sm_90"
-
-
-@functools.lru_cache(maxsize=None)
-def _tuned_tables(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
-    except (OSError, ValueError) as e:
-        warnings.warn(f"triton_flash_varlen: ignoring block-size table {path} ({e}); using the packaged one",
-                      RuntimeWarning, stacklevel=3)
-        return {}
-
-
-def _valid_entry(kernel: str, cfg) -> bool:
-    if not isinstance(cfg, dict):
-        return False
-    keys = ("BLOCK_M",) if kernel == "delta" else ("BLOCK_M", "BLOCK_N")
-    pow2 = all(isinstance(cfg.get(k), int) and cfg[k] >= 16 and cfg[k] & (cfg[k] - 1) == 0 for k in keys)
-    options = {"EXP2_POLY"} if kernel == "fwd" else set()  # kernel switches a table may set (see _poly_switch)
-    return (pow2 and cfg.get("num_warps", 4) in (1, 2, 4, 8, 16) and isinstance(cfg.get("num_stages", 2), int)
-            and 1 <= cfg.get("num_stages", 2) <= 8 and cfg.get("EXP2_POLY", 0) in (0, 1, 2)
-            and set(cfg) <= {*keys, "num_warps", "num_stages", *options})
-
-
-def _table_entry(path: str, kernel: str, block_d: int, arch: str) -> Optional[dict]:
-    cfg = _tuned_tables(path).get(arch, {}).get(kernel, {}).get(str(block_d))
-    if cfg is None:
-        return None
-    if not _valid_entry(kernel, cfg):
-        warnings.warn(f"triton_flash_varlen: invalid entry {arch}/{kernel}/{block_d} in {path}: {cfg!r}; "
-                      "using the packaged default", RuntimeWarning, stacklevel=3)
-        return None
-    return dict(cfg)
-
-
-def _tuned_config(kernel: str, block_d: int, arch: str, tuning: Optional[str] = None) -> Optional[dict]:
-    """The entry of the table `tuning` (default: the packaged one) for this class, if it has a valid one."""
-    return _table_entry(tuning or str(_TUNED_FILE), kernel, block_d, arch)
-
-
-def _gpu_config(kernel: str, block_d: int, dtype: torch.dtype) -> dict:
-    """The default where no table names this architecture: the packaged FALLBACK_ARCH entry."""
-    if kernel == "delta":
-        return {"BLOCK_M": 64, "num_warps": 4}
-    if dtype == torch.float32:  # a correctness path (ieee dots), not a training dtype
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-    cfg = _table_entry(str(_TUNED_FILE), kernel, max(block_d, 32), FALLBACK_ARCH)  # head dims <= 16: the 32 row
-    if cfg is None:
-        raise RuntimeError(f"triton_flash_varlen: the packaged table {_TUNED_FILE} has no {FALLBACK_ARCH}/{kernel}/"
-                           f"{max(block_d, 32)} entry")
-    return cfg
-
-
-# The interpreter's cost is per operation, not per element: few, mid-sized tiles. MAX_PROGRAMS caps the grid's block
-# axis: under the interpreter every program, even one that exits at once, costs milliseconds, so one program per
-# (sequence, head) walks all of its blocks (the kernels' grid-stride loop).
-_INTERPRET_CONFIG = {"fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "MAX_PROGRAMS": 1},
-                     "dkdv": {"BLOCK_M": 64, "BLOCK_N": 64, "MAX_PROGRAMS": 1},
-                     "dq": {"BLOCK_M": 64, "BLOCK_N": 64, "MAX_PROGRAMS": 1}, "delta": {"BLOCK_M": 64}}
-
-_override: dict[str, dict] = {}
-
-
-@functools.lru_cache(maxsize=None)
-def _cached_config(kernel: str, block_d: int, dtype: torch.dtype, arch: str, interpreted: bool,
-                   tuning: Optional[str]) -> dict:
-    # `tuning` (backends.attention_tuning) is part of the key so that pointing it elsewhere takes effect.
-    if interpreted:
-        return dict(_INTERPRET_CONFIG[kernel])
-    if dtype != torch.float32:
-        tuned = _tuned_config(kernel, block_d, arch, tuning)
-        if tuned is not None:
-            return tuned
-    return _gpu_config(kernel, block_d, dtype)
-
-
-def _arch(device: torch.device) -> str:
-    return _arch_of(device.type, device.index)
-
-
-@functools.lru_cache(maxsize=None)
-def _arch_of(device_type: str, index: Optional[int]) -> str:
-    # Once per device: this sits on every launch's path.
-    if device_type != "cuda":
-        return device_type
-    major, minor = torch.cuda.get_device_capability(index)
-    return f"sm_{major}{minor}"
-
+# Launch helpers.
 
 def _grid(cfg: dict, block_key: str, max_seqlen: int, sh: int) -> tuple[int, int]:
     """(blocks of max_seqlen, S * H); pops MAX_PROGRAMS, a launch option that is no kernel argument."""
     n = triton.cdiv(max(max_seqlen, 1), cfg[block_key])
     cap = cfg.pop("MAX_PROGRAMS", None)
     return (min(n, cap) if cap else n, sh)
-
-
-def _config(kernel: str, block_d: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """A fresh copy (callers pop launch-only keys from it)."""
-    if kernel in _override:
-        return dict(_override[kernel])
-    return dict(_cached_config(kernel, block_d, dtype, _arch(device), _backend.INTERPRET, _backend.attention_tuning))
-
-
-@contextlib.contextmanager
-def block_sizes(**per_kernel: dict) -> Iterator[None]:
-    """Force block sizes (the tuner's trials, tests), e.g. `block_sizes(fwd={"BLOCK_M": 16, "BLOCK_N": 32})`."""
-    old = dict(_override)
-    _override.update(per_kernel)
-    try:
-        yield
-    finally:
-        _override.clear()
-        _override.update(old)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Launch helpers.
-
-def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # Every kernel output is allocated here (the tests replace it to fill outputs with NaN: tests/kernel_hooks.py).
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def interpreted() -> bool:
@@ -512,17 +363,27 @@ def _dot_precision(dtype: torch.dtype) -> Optional[str]:
     return "ieee" if dtype == torch.float32 else None
 
 
-def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-             softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _config(kernel: str, block_d: int, qkv: torch.Tensor, configs: Optional[dict]) -> dict:
+    """The launch options of `kernel`: the caller's entry in `configs` if it has one, else flash_tuning's. A copy,
+    since the launch pops launch-only keys from it."""
+    if configs and kernel in configs:
+        return dict(configs[kernel])
+    return flash_tuning.config(kernel, block_d, qkv.dtype, qkv.device)
+
+
+def _forward(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float,
+             configs: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output [T, H, Dh] and row logsumexp [H, T]. `configs` maps kernel names ("fwd" here) to launch options that
+    replace the tuned ones (benchmarks/tune_attention.py times its candidates this way)."""
     T, _, H, Dh = qkv.shape
     Dh = int(Dh)  # a compile-time constant of the kernels (specialised, also when traced with symbolic shapes)
     S = cu_seqlens.shape[0] - 1
-    out = _alloc((T, H, Dh), qkv.dtype, qkv.device)
-    lse = _alloc((H, T), torch.float32, qkv.device)
+    out = torch.empty((T, H, Dh), dtype=qkv.dtype, device=qkv.device)
+    lse = torch.empty((H, T), dtype=torch.float32, device=qkv.device)
     if T == 0 or S == 0 or H == 0:
         return out, lse
     bd = _block_d(Dh)
-    cfg = _config("fwd", bd, qkv.dtype, qkv.device)
+    cfg = _config("fwd", bd, qkv, configs)
     cfg.update(_poly_switch(cfg.get("EXP2_POLY", 0), cfg["BLOCK_N"], qkv.dtype))
     grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
     a = _align(*qkv.stride()[:3], *out.stride()[:2])
@@ -544,11 +405,12 @@ def backward_mode(deterministic: bool = False) -> str:
 
 def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
               cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float,
-              deterministic: bool) -> torch.Tensor:
+              deterministic: bool, configs: Optional[dict] = None) -> torch.Tensor:
+    """dQKV [T, 3, H, Dh]; `configs` as in _forward, for "delta", "dkdv" and "dq"."""
     T, _, H, Dh = qkv.shape
     Dh = int(Dh)
     S = cu_seqlens.shape[0] - 1
-    dqkv = _alloc((T, 3, H, Dh), qkv.dtype, qkv.device)
+    dqkv = torch.empty((T, 3, H, Dh), dtype=qkv.dtype, device=qkv.device)
     if T == 0 or S == 0 or H == 0:
         return dqkv
     bd = _block_d(Dh)
@@ -559,8 +421,8 @@ def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: tor
     do_strides = (dout.stride(0) // a, dout.stride(1) // a, dout.stride(2))
     g_strides = (dqkv.stride(0) // a, dqkv.stride(1) // a, dqkv.stride(2) // a, dqkv.stride(3))
 
-    delta = _alloc((H, T), torch.float32, qkv.device)
-    cfg = _config("delta", bd, qkv.dtype, qkv.device)
+    delta = torch.empty((H, T), dtype=torch.float32, device=qkv.device)
+    cfg = _config("delta", bd, qkv, configs)
     _launch(_bwd_delta_kernel, (triton.cdiv(T, cfg["BLOCK_M"]), H), out, dout, delta, T,
             *out.stride(), *dout.stride(), HEAD_DIM=Dh, BLOCK_D=bd, **cfg)
 
@@ -570,13 +432,13 @@ def _backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: tor
     split = backward_mode(deterministic) == "split"
     shape = (1,) if split else (T, H, Dh)
     dq_acc = torch.zeros(shape, dtype=torch.float32, device=qkv.device)
-    cfg = _config("dkdv", bd, qkv.dtype, qkv.device)
+    cfg = _config("dkdv", bd, qkv, configs)
     grid = _grid(cfg, "BLOCK_N", max_seqlen, S * H)
     _launch(_bwd_dkdv_kernel, grid, qkv, dout, lse, delta, dqkv, dq_acc, cu_seqlens, T, H,
             softmax_scale, qk_scale, *q_strides, *do_strides, *g_strides,
             HEAD_DIM=Dh, BLOCK_D=bd, ATOMIC_DQ=not split, DOT_PREC=prec, ALIGN=a, **cfg)
     if split:
-        cfg = _config("dq", bd, qkv.dtype, qkv.device)
+        cfg = _config("dq", bd, qkv, configs)
         grid = _grid(cfg, "BLOCK_M", max_seqlen, S * H)
         _launch(_bwd_dq_kernel, grid, qkv, dout, lse, delta, dqkv, cu_seqlens, T, H,
                 softmax_scale, qk_scale, *q_strides, *do_strides, *g_strides,
@@ -643,4 +505,4 @@ def flash_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seql
     return out
 
 
-__all__ = ["flash_varlen_attention", "backward_mode", "interpreted", "block_sizes", "LOG2E"]
+__all__ = ["flash_varlen_attention", "backward_mode", "interpreted", "LOG2E"]
