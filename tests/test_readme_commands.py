@@ -40,9 +40,6 @@ SKIP = {
         PROBES,
     ".venv/bin/python -m vjepa_fast.eval --label appearance --seeds 3 --out runs/tiny/probe_appearance_random.json":
         PROBES,
-    ".venv/bin/python -m vjepa_fast.export runs/tiny --format hf --out runs/tiny/hf":
-        "the default run is sin-cos and the Hugging Face format takes rotary models only: the README's example is "
-        "being changed; delete this entry with that change",
 }
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 
