@@ -188,7 +188,9 @@ class SyntheticSplit(Dataset):
 
     def __init__(self, videos, indices: np.ndarray, label: str):
         self.videos, self.indices, self.label = videos, np.asarray(indices, dtype=np.int64), label
-        self.key = "label" if label == "appearance" else "motion"
+        from vjepa_fast.data.synthetic import LABEL_KEYS
+
+        self.key = LABEL_KEYS[label]
 
     def __len__(self) -> int:
         return len(self.indices)
