@@ -126,10 +126,11 @@ class ReferenceStyleVJEPA(nn.Module):
         x = pr.predictor_norm(_dense_blocks(pr.predictor_blocks, x))  # the original normalises every token
         return pr.predictor_proj(x[:, ctx_idx.shape[1]:])
 
-    def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight=None) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight=None, step: int = 0) -> torch.Tensor:
         """The original objective: mean |z - LN(h)| per mask configuration, averaged over configurations.
 
-        `row_weight` is accepted for the trainer's protocol and not used: the original code averages per process.
+        `row_weight` and `step` are accepted for the trainer's protocol and not used: the original code averages per
+        process.
         """
         if masks.batch_size != video.shape[0]:
             raise ValueError(f"reference-style step: masks are for {masks.batch_size} clips but video has "

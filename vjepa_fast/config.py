@@ -87,6 +87,14 @@ class OptimConfig:
 
 
 @dataclass
+class LossConfig:
+    sigreg: float = 0.0  # SIGReg weight w in [0, 1): (1 - w) x prediction loss + w x SIGReg; 0: the original loss
+    sigreg_directions: int = 64  # SIGReg: random unit directions, drawn afresh each step
+    sigreg_t_max: float = 3.0  # SIGReg: characteristic functions are compared for t in [0, sigreg_t_max]
+    sigreg_t_points: int = 17  # SIGReg: points of the t grid (trapezoid rule)
+
+
+@dataclass
 class TrainConfig:
     steps: int = 300  # optimizer steps of the whole run
     batch_size: int = 8  # clips per process and step (global batch = batch_size x processes)
@@ -143,6 +151,7 @@ class Config:
     masks: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     backends: BackendsConfig = field(default_factory=BackendsConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -469,6 +478,16 @@ def _check_optim(cfg: Config) -> None:
              f"must be in [0, train.steps={cfg.train.steps}], got {o.cooldown_steps}")
 
 
+def _check_loss(cfg: Config) -> None:
+    c = cfg.loss
+    _require(0.0 <= c.sigreg < 1.0, "loss.sigreg", f"must be in [0, 1) (0: off), got {c.sigreg}")
+    _require(c.sigreg == 0 or cfg.method == "vjepa", "loss.sigreg",
+             f"the SIGReg term is for method vjepa, not {cfg.method} (set loss.sigreg=0)")
+    _require(c.sigreg_directions >= 1, "loss.sigreg_directions", f"must be >= 1, got {c.sigreg_directions}")
+    _require(c.sigreg_t_max > 0, "loss.sigreg_t_max", f"must be > 0, got {c.sigreg_t_max}")
+    _require(c.sigreg_t_points >= 2, "loss.sigreg_t_points", f"must be >= 2, got {c.sigreg_t_points}")
+
+
 def _check_train(cfg: Config) -> None:
     t = cfg.train
     _require(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
@@ -547,7 +566,7 @@ def _check_masks_fit(cfg: Config) -> None:
             raise ConfigError(f"{key}: these masks do not fit the token grid (T', H', W') = {grid}: {why}") from None
 
 
-SECTION_CHECKS = [_check_value_types, _check_top, _check_model, _check_masks, _check_data, _check_optim,
+SECTION_CHECKS = [_check_value_types, _check_top, _check_model, _check_masks, _check_data, _check_optim, _check_loss,
                   _check_train, _check_parallel, _check_backends,
                   _check_masks_fit]  # last: it builds the masker from checked values
 

@@ -174,7 +174,7 @@ class Trainer:
 
     def compute_loss(self, batch, row_weight: torch.Tensor) -> torch.Tensor:
         with self.autocast:
-            return self.model(batch.video, batch.masks, row_weight)
+            return self.model(batch.video, batch.masks, row_weight, step=batch.step)
 
     def step_flops(self, batch) -> float:
         return self.model.step_flops(batch.masks) * self.di.world_size
@@ -193,9 +193,11 @@ class Trainer:
             dev = batch.device_copy or batch.to(self.device, non_blocking=True)
             stats = self.batch_stats(batch, dev)
         loss = self.compute_loss(dev, self.model.row_weights(dev.masks, stats[:M], self.di.world_size))
-        loss_value = loss.detach().clone()
-        if self.di.world_size > 1:  # every rank decides on the same (global) loss
-            dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
+        terms = getattr(self.model, "loss_terms", None)  # [prediction loss, sigreg] with loss.sigreg > 0
+        loss_values = torch.cat([loss.detach().reshape(1), *([] if terms is None else [terms])])  # a copy
+        if self.di.world_size > 1:  # every rank decides on the same (global) loss; one collective for the terms too
+            dist.all_reduce(loss_values, op=dist.ReduceOp.AVG)
+        loss_value = loss_values[0]
         with nvtx_range("backward"):
             loss.backward()
         with nvtx_range("optimizer"):
@@ -214,7 +216,8 @@ class Trainer:
         # clips: every rank's batch has batch_size clips (broken samples are replaced), so no readback is needed
         out = {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
                "clips": batch.video.shape[0] * self.di.world_size, "finite": finite, "data_stats": stats[M:],
-               "feature_stats": getattr(self.model, "feature_stats", None)}  # V-JEPA only (collapse.py)
+               "feature_stats": getattr(self.model, "feature_stats", None),  # V-JEPA only (collapse.py)
+               "loss_terms": None if terms is None else loss_values[1:]}
         t = self.cfg.train
         if (step + 1) % t.log_every and (step + 1) % t.ckpt_every and step + 1 != t.steps:
             self.unread.append(out)
@@ -417,7 +420,15 @@ class Trainer:
                 "ema_momentum": out["ema_momentum"], "grad_norm": out["grad_norm"],
                 "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.num_tokens, "mfu": mfu,
                 "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors,
-                **self.collapse.fields(out["feature_stats"], out["step"])}
+                **self.collapse.fields(out["feature_stats"], out["step"]), **loss_term_fields(out["loss_terms"])}
+
+
+def loss_term_fields(terms: Optional[torch.Tensor]) -> dict:
+    """The loss's parts when it has more than one (loss.sigreg > 0): the prediction loss and the SIGReg term."""
+    if terms is None:
+        return {}
+    pred_loss, sigreg = terms.tolist()
+    return {"pred_loss": pred_loss, "sigreg": sigreg}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

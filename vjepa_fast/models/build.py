@@ -23,8 +23,11 @@ def build_model(cfg: Config) -> nn.Module:
 
         return build_videomae(cfg, encoder)
     from vjepa_fast.models.jepa import VJEPA
+    from vjepa_fast.models.sigreg import SIGReg
 
-    return VJEPA(encoder, build_predictor_from(arch))
+    lc = cfg.loss
+    sigreg = SIGReg(lc.sigreg_directions, lc.sigreg_t_max, lc.sigreg_t_points, cfg.train.seed) if lc.sigreg else None
+    return VJEPA(encoder, build_predictor_from(arch), sigreg, lc.sigreg)
 
 
 def build_masker(cfg: Config, grid: tuple[int, int, int]):

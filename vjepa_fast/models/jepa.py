@@ -14,19 +14,28 @@ from vjepa_fast.collapse import token_std
 from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.protocol import per_mask_mean_weights
+from vjepa_fast.models.sigreg import SIGReg
 from vjepa_fast.ops import l1_target_loss
 from vjepa_fast.profiling import nvtx_range
 
 
 class VJEPA(nn.Module):
-    def __init__(self, encoder: nn.Module, predictor: nn.Module):
+    """`sigreg_weight` w > 0 (loss.sigreg) trains (1 - w) x the prediction loss + w x `sigreg` on the context
+    encoder's output tokens (models/sigreg.py); w = 0 is the original objective, computed exactly as without it."""
+
+    def __init__(self, encoder: nn.Module, predictor: nn.Module, sigreg: SIGReg | None = None,
+                 sigreg_weight: float = 0.0):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
         self.target_encoder = copy.deepcopy(encoder)
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
-        self.feature_stats: torch.Tensor | None = None  # [target std, prediction std] of the last step (collapse.py)
+        self.sigreg = sigreg if sigreg_weight > 0 else None
+        self.sigreg_weight = sigreg_weight
+        # Device tensors of the last step, read by the trainer on logged steps only (collapse.py):
+        self.feature_stats: torch.Tensor | None = None  # [target std, prediction std]
+        self.loss_terms: torch.Tensor | None = None  # [prediction loss, sigreg] when the SIGReg term is on
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -59,8 +68,10 @@ class VJEPA(nn.Module):
         """(target, online) parameters in matching order, for the EMA update."""
         return list(self.target_encoder.parameters()), list(self.encoder.parameters())
 
-    def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor) -> torch.Tensor:
-        """Returns the weighted L1 loss (a scalar); `row_weight` [Rt] carries the per-mask averaging."""
+    def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor,
+                step: int = 0) -> torch.Tensor:
+        """Returns the weighted L1 loss (a scalar; with SIGReg on, mixed with it); `row_weight` [Rt] carries the
+        per-mask averaging, `step` seeds SIGReg's directions."""
         with torch.no_grad(), nvtx_range("target"):
             h = self.target_encoder(video)  # [B, N, D], after the final norm
             target_std = token_std(h)  # within each clip (collapse.py)
@@ -71,4 +82,11 @@ class VJEPA(nn.Module):
             z = self.predictor(ctx, masks)  # [Rt, D]
         self.feature_stats = torch.stack([target_std, token_std(z.detach())])  # stays on the device
         with nvtx_range("loss"):
-            return l1_target_loss(z, h, masks.tgt_rows, row_weight)
+            loss = l1_target_loss(z, h, masks.tgt_rows, row_weight)
+        if self.sigreg is None:
+            return loss
+        with nvtx_range("sigreg"):
+            reg = self.sigreg(ctx, step)
+        self.loss_terms = torch.stack([loss.detach().float(), reg.detach()])
+        w = self.sigreg_weight
+        return (1 - w) * loss + w * reg

@@ -42,8 +42,10 @@ class PretrainModel(Protocol):
         gradient averaging) is the global batch's objective."""
         ...
 
-    def __call__(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor) -> torch.Tensor:
-        """The weighted loss of this process's batch (an fp32 scalar)."""
+    def __call__(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor,
+                 step: int = 0) -> torch.Tensor:
+        """The weighted loss of this process's batch (an fp32 scalar) at optimizer step `step` (a term with random
+        draws, such as SIGReg's directions, takes them as a function of the step)."""
         ...
 
 

@@ -195,7 +195,8 @@ class VideoMAE(nn.Module):
         d = (dec.dim, len(dec.blocks), dec.blocks[0].mlp.fc1.out_features)
         return videomae_step_flops(dec.out_dim, e, d, ctx_lens, dec_lens, int(masks.tgt_rows.numel()))
 
-    def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor,
+                step: int = 0) -> torch.Tensor:  # step: the protocol's; nothing here depends on it
         pe = self.encoder.patch_embed
         if masks.batch_size != video.shape[0]:
             raise ValueError(f"VideoMAE: masks are for {masks.batch_size} clips but video has {video.shape[0]}")
