@@ -88,6 +88,7 @@ def test_summary_counts_a_label_only_with_a_30_point_gap():
     assert bq.summarize(fake_result(0.30, 0.60, 0.0, 1.0)["encoders"])["motion"]["counted"]  # exactly 30 points
     table = bq.markdown(r)
     assert "| vjepa_sigreg | 10 | 0.700 +- 0.010 | +0.67 |" in table
+    assert "| vjepa | 10 | 0.400 +- 0.010 | +0.17 | 0.300 +- 0.010 | n/c |" in table  # appearance does not count
     assert "| supervised | 7 / 7 |" in table and "Counted labels (supervised - random >= 0.30): motion;" in table
     assert all(math.isfinite(v) for label in bq.LABELS for v in s[label]["gap_closed"].values())
 

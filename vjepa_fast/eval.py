@@ -53,7 +53,7 @@ SYNTHETIC_DEFAULT_SAMPLES = (1000, 500)  # train, val
 # Probe epochs when --epochs is not given. The recipe's 20 suit large real datasets. On the synthetic 1000-clip split
 # 20 epochs are only ~1250 steps, and the attentive probe sits on a plateau for most of them (its query has not yet
 # found the few object tokens), so a motion score then says more about the probe's seed than about the encoder
-# (docs/eval.md): 100 epochs let every seed leave the plateau.
+# (docs/results.md): 100 epochs let every seed leave the plateau.
 DEFAULT_EPOCHS = {"synthetic": 100, "real": 20}
 CACHE_LIMIT_BYTES = 4 * 2**30  # cache a split's features only when they fit in this much (device) memory
 LABELS = ("appearance", "motion")
