@@ -160,6 +160,7 @@ for name in ema gather l1_loss; do
 done
 bench train_step_compiled 180 benchmarks/test_bench_train_step.py -k "compiled or truncated"
 bench data 40 benchmarks/test_bench_data.py
+bench collapse 180 benchmarks/test_bench_collapse.py  # effective ranks and SIGReg beside a ViT-L/16 step
 # the same anatomy again, now with the extension and the block sizes tuned above
 run_phase anatomy_after 150 "$PY" benchmarks/step_anatomy.py --tag after "${ANATOMY_ARGS[@]}"
 # the dense target pass through SDPA's cuDNN kernel instead (measured faster alone; not yet in the step)

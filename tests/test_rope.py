@@ -92,10 +92,10 @@ def test_tiny_rotary_model_trains_with_the_default_loop(tmp_path):
 
 
 def test_wsd_schedule_warms_up_holds_and_cools_down():
-    lrs = [wsd_lr_at(s, 4, 20, 5, 0.1, 1.0, 0.0) for s in range(20)]
+    lrs = [wsd_lr_at(k, 4, 20, 5, 0.1, 1.0, 0.0) for k in range(21)]  # k: the scheduler's count, step + 1
     assert lrs[0] == 0.1 and lrs[2] == pytest.approx(0.55)
-    assert all(v == 1.0 for v in lrs[4:15])
-    assert lrs[15] == pytest.approx(0.8) and lrs[19] == pytest.approx(0.0)
+    assert all(v == 1.0 for v in lrs[4:16])
+    assert lrs[16] == pytest.approx(0.8) and lrs[20] == pytest.approx(0.0)
     assert all(a > b for a, b in zip(lrs[15:], lrs[16:]))
     cfg = load_config(None, ["optim.lr_schedule=wsd", "optim.cooldown_steps=30", "train.steps=100"])
     sched = Schedules(cfg.optim, 100)

@@ -3,6 +3,7 @@ low-rank embedding, 2 processes against 1, fp32 against fp64, compiled against e
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from tests.sigreg_cases import global_rows, rank_slices
+from vjepa_fast import checkpoint as ckpt
 from vjepa_fast import train
 from vjepa_fast.config import ConfigError, load_config
 from vjepa_fast.masks import pack_masks
@@ -19,7 +21,7 @@ from vjepa_fast.models.sigreg import SIGReg, sigreg_directions, sigreg_statistic
 from vjepa_fast.ops import l1_target_loss
 from vjepa_fast.parallel import DistInfo
 
-from test_train import SMALL, _torchrun
+from test_train import SMALL, _torchrun, losses, make_trainer
 
 CPU = torch.device("cpu")
 T64 = torch.linspace(0.0, 3.0, 17, dtype=torch.float64)
@@ -113,7 +115,8 @@ def test_fp32_is_within_1e_5_of_fp64():
     # Bound: the cos/sin means of N fp32 terms carry errors of order sqrt(N) eps; at N = 4096 the term's absolute
     # error stays under 1e-5 (measured about 1e-7) on values of order 1e-3 to 1.
     gen = torch.Generator().manual_seed(2)
-    for x in (torch.randn(4096, 64, generator=gen), torch.randn(4096, 1, generator=gen) * torch.randn(64, generator=gen)):
+    line = torch.randn(4096, 1, generator=gen) * torch.randn(64, generator=gen)
+    for x in (torch.randn(4096, 64, generator=gen), line):
         x64 = x.double().requires_grad_(True)
         x32 = x.clone().requires_grad_(True)
         a = sigreg_directions(64, 64, 0, 0, CPU)
@@ -203,3 +206,17 @@ def test_fsdp2_two_processes_match_one_with_sigreg(tmp_path, subprocess_env):
     assert sorted(one) == sorted(two) == list(range(4))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), step
+
+
+def test_a_resumed_run_with_sigreg_gives_the_same_losses(tmp_path):
+    """The directions are a function of (seed, step) only: a run resumed from its step-4 checkpoint draws the same
+    ones for steps 4 and 5 as the uninterrupted run did."""
+    extra = ["loss.sigreg=0.2", "train.steps=6", "train.tensorboard=false"]
+    make_trainer(tmp_path, extra).run()
+    expected = losses(tmp_path)
+    shutil.rmtree(ckpt.step_path(tmp_path, 6))  # as if stopped after the step-4 checkpoint
+    make_trainer(tmp_path, extra).run()
+    got = losses(tmp_path)
+    assert sorted(got) == sorted(expected) == list(range(6))
+    for step in (4, 5):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step

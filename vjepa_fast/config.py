@@ -79,7 +79,8 @@ class OptimConfig:
     ema_start: float = 0.998  # target-encoder EMA momentum at step 0 (linear to ema_end)
     ema_end: float = 1.0  # EMA momentum at the end of the schedule
     schedule_scale: float = 1.25  # schedules span steps * scale, as the reference stretches them
-    clip_grad: float = 10.0  # gradient-norm clip, applied after warm-up; 0 disables
+    clip_grad: float = 10.0  # encoder's and predictor's gradient norms each clipped to this; 0 disables
+    clip_start_step: Optional[int] = None  # first clipped step (null: optim.warmup_steps; docs/recipe.md)
     betas: tuple[float, ...] = (0.9, 0.999)  # AdamW betas, each in [0, 1)
     eps: float = 1e-8  # AdamW epsilon (> 0)
     lr_schedule: str = "cosine"  # cosine (warm-up, cosine decay) / wsd (warm-up, constant, linear cool-down)
@@ -116,6 +117,7 @@ class TrainConfig:
     profile: bool = False  # write a torch.profiler Chrome trace of a few steps to <run_dir>/profile/
     profile_steps: int = 3  # steps traced when train.profile is on
     collapse_std: float = 0.05  # warn once when the target features' spread within a clip falls under this (0: never)
+    collapse_rank: float = 1.0  # warn once when an effective rank falls under this many directions per clip (0: never)
     tensorboard: str = "auto"  # TensorBoard event files in <run_dir>/tb: auto (on when installed) / true / false
     plots: bool = True  # a finished run draws <run_dir>/plots/ (curves, masks) when matplotlib is installed
     float8: bool = False  # float8 matmuls in the transformer linears (torchao, vjepa_fast/float8.py)
@@ -468,6 +470,8 @@ def _check_optim(cfg: Config) -> None:
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     for name in ("start_lr", "final_lr", "weight_decay", "final_weight_decay", "clip_grad"):
         _require(getattr(o, name) >= 0, f"optim.{name}", f"must be >= 0, got {getattr(o, name)}")
+    _require(o.clip_start_step is None or o.clip_start_step >= 0, "optim.clip_start_step",
+             f"must be >= 0 or null, got {o.clip_start_step}")
     _require(o.schedule_scale >= 1.0, "optim.schedule_scale", f"must be >= 1, got {o.schedule_scale}")
     _require(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), "optim.betas",
              f"expected two numbers in [0, 1), got {list(o.betas)}")
@@ -498,6 +502,7 @@ def _check_train(cfg: Config) -> None:
     _require(t.precision in PRECISIONS, "train.precision",
              f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _require(t.collapse_std >= 0, "train.collapse_std", f"must be >= 0, got {t.collapse_std}")
+    _require(t.collapse_rank >= 0, "train.collapse_rank", f"must be >= 0, got {t.collapse_rank}")
     _require(t.peak_tflops is None or t.peak_tflops > 0, "train.peak_tflops", f"must be > 0, got {t.peak_tflops}")
     _require(t.tensorboard in ("auto", "true", "false"), "train.tensorboard",
              f"must be auto, true or false, got {t.tensorboard!r}")

@@ -120,6 +120,8 @@ class Trainer:
                     mesh_shape=(cfg.parallel.replicate, cfg.parallel.shard))
         self.groups = param_groups(self.model.trainable_modules(), cfg.optim.weight_decay)
         self.params = [p for g in self.groups for p in g["params"]]
+        # clipped one module at a time (encoder, predictor), as the original does
+        self.module_params = [[p for p in m.parameters() if p.requires_grad] for m in self.model.trainable_modules()]
         self.optimizer = make_optimizer(self.groups, cfg, self.device)
         self.peak = device_peak_flops(self.device, t.peak_tflops)
         self.start_step, self.data_errors, self.data_attempts = 0, 0, 0
@@ -129,7 +131,7 @@ class Trainer:
         self.config_yaml = ""
         self.preempted = False  # stopped by SIGTERM/SIGUSR1 after saving: main exits with REQUEUE_EXIT_CODE
         self.unread: list[dict] = []  # steps whose device numbers were not read back yet (read_back)
-        self.collapse = CollapseWatch(t.collapse_std)
+        self.collapse = CollapseWatch(t.collapse_std, t.collapse_rank, t.batch_size * cfg.data.clips_per_video)
 
     # ---- resume -----------------------------------------------------------------------------------------------
     def resume(self, decision: ResumeDecision) -> None:
@@ -201,10 +203,7 @@ class Trainer:
         with nvtx_range("backward"):
             loss.backward()
         with nvtx_range("optimizer"):
-            o = self.cfg.optim
-            max_norm = o.clip_grad if (o.clip_grad > 0 and step >= o.warmup_steps) else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            grad_norm = clip_per_module(self.module_params, clip_norm_at(self.cfg.optim, step))
             finite = finite_flag(loss_value, grad_norm)
             guarded_optimizer_step(self.optimizer, finite)
             self.optimizer.zero_grad(set_to_none=True)
@@ -219,7 +218,11 @@ class Trainer:
                "feature_stats": getattr(self.model, "feature_stats", None),  # V-JEPA only (collapse.py)
                "loss_terms": None if terms is None else loss_values[1:]}
         t = self.cfg.train
-        if (step + 1) % t.log_every and (step + 1) % t.ckpt_every and step + 1 != t.steps:
+        logged = (step + 1) % t.log_every == 0 or step + 1 == t.steps
+        # effective ranks on logged steps only: an eigenproblem per encoder (its sync comes with the log's anyway)
+        out["ranks"] = (self.collapse.ranks(getattr(self.model, "rank_rows", None)) if logged and self.di.is_main
+                        else None)
+        if not logged and (step + 1) % t.ckpt_every:
             self.unread.append(out)
             return out
         return self.settle(out)
@@ -420,7 +423,29 @@ class Trainer:
                 "ema_momentum": out["ema_momentum"], "grad_norm": out["grad_norm"],
                 "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.num_tokens, "mfu": mfu,
                 "max_mem_gb": max_mem_gb(self.device), "data_errors": self.data_errors,
-                **self.collapse.fields(out["feature_stats"], out["step"]), **loss_term_fields(out["loss_terms"])}
+                **self.collapse.fields(out["feature_stats"], out["step"], out["ranks"]),
+                **loss_term_fields(out["loss_terms"])}
+
+
+def clip_norm_at(o, step: int) -> float:
+    """Step `step`'s gradient-norm limit per module (inf: not clipped): optim.clip_grad from optim.clip_start_step
+    (null: from optim.warmup_steps) on; docs/recipe.md states the original's rule in steps."""
+    start = o.warmup_steps if o.clip_start_step is None else o.clip_start_step
+    return o.clip_grad if (o.clip_grad > 0 and step >= start) else float("inf")
+
+
+def clip_per_module(module_params: list[list[torch.Tensor]], max_norm: float) -> torch.Tensor:
+    """Clip each module's gradients to `max_norm` of its own norm, as the original clips the encoder and the
+    predictor separately (a large predictor gradient does not shrink the encoder's). Returns the norm of all the
+    gradients before clipping (for the log and the non-finite guard), on the device: no host sync. FSDP2's DTensor
+    gradients give DTensor norms, made whole (one small collective per module)."""
+    norms = []
+    for params in module_params:
+        with_grad = [p for p in params if p.grad is not None]  # a module without gradients has nothing to clip
+        if with_grad:
+            norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+            norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 def loss_term_fields(terms: Optional[torch.Tensor]) -> dict:

@@ -10,7 +10,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from vjepa_fast.collapse import token_std
+from vjepa_fast.collapse import rank_rows, token_std
 from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.protocol import per_mask_mean_weights
@@ -36,6 +36,7 @@ class VJEPA(nn.Module):
         # Device tensors of the last step, read by the trainer on logged steps only (collapse.py):
         self.feature_stats: torch.Tensor | None = None  # [target std, prediction std]
         self.loss_terms: torch.Tensor | None = None  # [prediction loss, sigreg] when the SIGReg term is on
+        self.rank_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (target, context) token subsamples
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -81,6 +82,7 @@ class VJEPA(nn.Module):
         with nvtx_range("predictor"):
             z = self.predictor(ctx, masks)  # [Rt, D]
         self.feature_stats = torch.stack([target_std, token_std(z.detach())])  # stays on the device
+        self.rank_rows = (rank_rows(h), rank_rows(ctx))
         with nvtx_range("loss"):
             loss = l1_target_loss(z, h, masks.tgt_rows, row_weight)
         if self.sigreg is None:

@@ -14,7 +14,9 @@ so [0, t_max] counts twice for [-t_max, t_max]. The term is the mean over direct
     sigreg = mean_m 2 int_0^t_max |phi_m(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt.
 
 It is 0 for the Gaussian itself (E|phi_N - phi|^2 = (1 - exp(-t^2)) / N for N Gaussian samples: a few 1e-4 at a
-batch's thousands of tokens) and about 0.3 or more for a collapse to one point. Unlike the Epps-Pulley test statistic it
+batch's thousands of tokens) and 0.2 to 1 for collapsed tokens (0.40 with every token at the origin, about 1 with every
+token at one LayerNorm-ed vector, 0.2 on one line). It is computed in fp32 whatever the autocast dtype: on 4096 rows
+fp32 is within 1e-5 of fp64 (tests/test_sigreg.py). Unlike the Epps-Pulley test statistic it
 is not multiplied by N: as a loss term its size then does not change with the number of tokens per global batch (which
 varies with masks, batch size and world size), so one weight means the same thing in every recipe.
 
