@@ -146,30 +146,45 @@ def _centroids(frames: torch.Tensor) -> torch.Tensor:
 def test_motion_label_matches_rendered_motion(seed):
     size, t = 64, 16
     ds = SyntheticVideos(num_frames=t, size=size, length=None, seed=seed)
-    seen = set()
+    seen, checked = set(), 0
     for i in range(60):
         spec = ds.clip(i)
         seen.add(spec.motion)
-        frames = S.render_frames(spec, with_background=False)
-        c = _centroids(frames)
-        # The rendered object sits on its track (rounding to uint8 and the pixel grid move the centroid a little).
-        assert (c - spec.centers[:, 0].double()).abs().max() < 0.2, i
-        step = c[1:] - c[:-1]
+        track = spec.centers[:, 0].double()
+        # Where the whole object is in view, the rendered object sits on its track (rounding to uint8 and the pixel
+        # grid move the centroid a little); large objects may be partly out of view in other frames.
+        r = float(spec.radius[0])
+        inside = ((track >= r + 1) & (track <= size - r - 1)).all(-1)
+        if inside.any():
+            c = _centroids(S.render_frames(spec, with_background=False))
+            assert (c[inside] - track[inside]).abs().max() < 0.2, i
+            checked += 1
+        step = track[1:] - track[:-1]
         if spec.motion == S.STATIC:
             assert step.abs().max() < 1e-6, i
             continue
         a = spec.motion * math.pi / 4
         direction = torch.tensor([math.cos(a), -math.sin(a)], dtype=torch.float64)  # image y points down
-        # Every frame moves along the labelled direction (no bounce at this size), at the clip's speed.
+        # Every frame moves along the labelled direction (no bounce at these speeds), at the clip's speed.
         along = step @ direction
         across = step @ torch.tensor([-direction[1], direction[0]])
         assert along.min() > 0.5, i  # the slowest speed is 0.64 px/frame at 64 px
-        assert across.abs().max() < 0.15 * along.min(), i
-        d = c[-1] - c[0]
+        assert across.abs().max() < 1e-3 * along.min(), i
+        d = track[-1] - track[0]
         angle = math.degrees(math.atan2(-d[1], d[0])) % 360
         assert min(abs(angle - 45 * spec.motion), 360 - abs(angle - 45 * spec.motion)) < 1, (i, angle)
-        assert abs(d.norm() - spec.speed * (t - 1)) < 0.3, i
-    assert len(seen) >= 6
+        assert abs(d.norm() - spec.speed * (t - 1)) < 1e-3, i
+    assert len(seen) >= 6 and checked >= 10
+
+
+def test_large_objects_span_several_tokens_and_are_partly_masked(seed):
+    # At the tiny default (96 px, 16 px patches: 36 positions) an object covers many patch positions, so the
+    # V-JEPA masks (which hide most of the grid) always cut through objects.
+    from vjepa_fast.feature_stats import token_object_share
+
+    ds = SyntheticVideos(num_frames=2, size=96, length=None, seed=seed)
+    covered = [int((token_object_share(S.object_coverage(ds.clip(i), 96), 2, 16) >= 0.3).sum()) for i in range(40)]
+    assert min(covered) >= 5 and sum(covered) / len(covered) >= 9, covered
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -202,41 +217,50 @@ def test_training_and_eval_data_honour_frame_step(tmp_path):
 
 
 def test_objects_bounce_and_stay_inside(seed):
-    # A long clip forces bounces: positions stay in [r, size - r] and each axis moves at constant speed.
-    ds = SyntheticVideos(num_frames=300, size=32, length=None, seed=seed, num_shapes=2)
-    for i in range(10):
-        spec = ds.clip(i)
-        r = spec.radius[None, :, None]
-        assert (spec.centers >= r - 1e-3).all() and (spec.centers <= 32 - r + 1e-3).all()
-        steps = (spec.centers[1:] - spec.centers[:-1]).abs()
-        vx, vy = spec.velocity
-        assert (steps[..., 0] <= abs(vx) + 1e-3).all() and (steps[..., 1] <= abs(vy) + 1e-3).all()
-        if spec.motion != S.STATIC:
-            # Moving clips of 300 frames must bounce: the sign of the velocity flips somewhere.
-            v = spec.centers[1:] - spec.centers[:-1]
-            axis = 0 if abs(vx) > abs(vy) else 1
-            assert (v[:, 0, axis] > 0).any() and (v[:, 0, axis] < 0).any(), i
+    # A long clip forces bounces: centres stay in [lo, size - lo] (lo: the radius of a small object, the margin band of
+    # a large one) and each axis moves at constant speed.
+    for size, shapes in ((32, 2), (32, 16), (96, 1)):
+        ds = SyntheticVideos(num_frames=300, size=size, length=None, seed=seed, num_shapes=shapes)
+        for i in range(10):
+            spec = ds.clip(i)
+            lo = torch.clamp(spec.radius, max=S._CENTER_MARGIN * size)[None, :, None]
+            assert (spec.centers >= lo - 1e-3).all() and (spec.centers <= size - lo + 1e-3).all()
+            if shapes == 16:  # small objects stay whole inside the frame
+                assert (lo == spec.radius[None, :, None]).all()
+            steps = (spec.centers[1:] - spec.centers[:-1]).abs()
+            vx, vy = spec.velocity
+            assert (steps[..., 0] <= abs(vx) + 1e-3).all() and (steps[..., 1] <= abs(vy) + 1e-3).all()
+            if spec.motion != S.STATIC:
+                # Moving clips of 300 frames must bounce: the sign of the velocity flips somewhere.
+                v = spec.centers[1:] - spec.centers[:-1]
+                axis = 0 if abs(vx) > abs(vy) else 1
+                assert (v[:, 0, axis] > 0).any() and (v[:, 0, axis] < 0).any(), i
 
 
 def test_shapes_colours_and_background(seed):
     ds = SyntheticVideos(num_frames=2, size=96, length=None, seed=seed)
     area_per_r2 = {"circle": math.pi, "square": 2.0, "triangle": 3 * math.sqrt(3) / 4}
-    found = set()
-    for i in range(30):
+    found, whole = set(), 0
+    for i in range(60):
         spec = ds.clip(i)
         shape = S.SHAPES[spec.shape]
         found.add(shape)
         cov = S.object_coverage(spec, 96)
-        # The covered area is the named shape's area for its circumradius.
+        # The covered area is the named shape's area for its circumradius (less where part of it is out of view).
         want = area_per_r2[shape] * float(spec.radius[0]) ** 2
-        assert abs(float(cov[0].sum()) / want - 1) < 0.01, (i, shape)
+        r, c = float(spec.radius[0]), spec.centers[0, 0]
+        if ((c >= r + 1) & (c <= 96 - r - 1)).all():
+            assert abs(float(cov[0].sum()) / want - 1) < 0.01, (i, shape)
+            whole += 1
+        else:
+            assert float(cov[0].sum()) < want * 1.01, (i, shape)
         frames = ds.frames(i).int()
         bg = (spec.background.permute(1, 2, 0) * 255 + 0.5).floor().int()  # round half up, as the renderer does
         rgb = (spec.rgb * 255).round().int()
         assert (frames[cov == 0] == bg.expand(2, -1, -1, -1)[cov == 0]).all()  # background untouched off the object
         assert ((frames[cov == 1] - rgb).abs() <= 1).all()  # solid object colour inside
         assert ((rgb.float() / 255 - torch.tensor(S.COLORS[S.COLOR_NAMES[spec.color]])).abs() <= 0.07).all()
-    assert found == set(S.SHAPES)
+    assert found == set(S.SHAPES) and whole >= 5
 
 
 def test_normalisation_matches_imagenet_constants(seed):

@@ -53,10 +53,11 @@ SYNTHETIC_DEFAULT_SAMPLES = (1000, 500)  # train, val
 # Probe epochs when --epochs is not given. The recipe's 20 suit large real datasets. On the synthetic 1000-clip split
 # 20 epochs are only ~1250 steps, and the attentive probe sits on a plateau for most of them (its query has not yet
 # found the few object tokens), so a motion score then says more about the probe's seed than about the encoder
-# (docs/eval.md): 100 epochs let every seed leave the plateau.
+# (docs/results.md): 100 epochs let every seed leave the plateau.
 DEFAULT_EPOCHS = {"synthetic": 100, "real": 20}
 CACHE_LIMIT_BYTES = 4 * 2**30  # cache a split's features only when they fit in this much (device) memory
 LABELS = ("appearance", "motion")
+VAL_BATCH = 256  # clips per probe call when validating on cached features (per-clip results do not depend on it)
 
 
 class EvalError(RuntimeError):
@@ -188,7 +189,9 @@ class SyntheticSplit(Dataset):
 
     def __init__(self, videos, indices: np.ndarray, label: str):
         self.videos, self.indices, self.label = videos, np.asarray(indices, dtype=np.int64), label
-        self.key = "label" if label == "appearance" else "motion"
+        from vjepa_fast.data.synthetic import LABEL_KEYS
+
+        self.key = LABEL_KEYS[label]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -385,7 +388,9 @@ class Features:
                            self.split.views, chunk=self.bs, autocast=self.autocast)
             yield feats, labels.to(self.device)
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int, cached_batch: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split's (features, labels) batches; `cached_batch` sets the batch size when features are cached (the
+        probe's per-clip predictions do not depend on it, so validation reads cached features in large batches)."""
         if not self.cacheable:
             yield from self._encoded(epoch, self.shuffle)
             return
@@ -401,8 +406,9 @@ class Features:
         n = feats.shape[0]
         order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
                  if self.shuffle else torch.arange(n)).to(feats.device)
-        for i in range(0, n, self.bs):
-            idx = order[i:i + self.bs]
+        bs = cached_batch or self.bs
+        for i in range(0, n, bs):
+            idx = order[i:i + bs]
             yield feats[idx], labels[idx]
 
     def steps_per_epoch(self) -> int:
@@ -547,7 +553,7 @@ def train_probe(train_feats: "Features", val_feats: "Features", encoder: nn.Modu
         row = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": train_acc}
         # Validation every epoch only when its features are cached (cheap); otherwise once, at the end.
         if val_feats.cacheable or epoch + 1 == e.epochs:
-            val_acc, n_val = accuracy(probe, val_feats.batches(0))
+            val_acc, n_val = accuracy(probe, val_feats.batches(0, cached_batch=VAL_BATCH))
             row["val_accuracy"] = val_acc
         history.append(row)
         log.info("epoch %d/%d: train loss %.4f acc %.4f%s (%.1f s)", epoch + 1, e.epochs, loss, train_acc,

@@ -14,7 +14,7 @@ features are LayerNorm-ed without a learned scale, as the V-JEPA loss sees its t
   position mean is removed, relative to the features' overall spread (0: the features do not tell objects apart);
 - effective_rank: exp(entropy) of the normalised spectrum of the centred features (1: one direction, D: isotropic).
 
-They are what docs/eval.md ("Does the quick start learn?") compares between trained and random encoders. Synthetic
+They are what docs/results.md compares between trained and random encoders. Synthetic
 data only: the object masks come from the renderer.
 """
 from __future__ import annotations

@@ -6,12 +6,15 @@ sinusoidal stripes or low-frequency colour noise). So every clip has two well-de
 - appearance = shape * len(COLORS) + color  (what the objects look like),
 - motion     = direction index in MOTIONS    (how they move; constant over the clip).
 
-Objects are larger than a 16x16 patch at 224 px (radius about 12%-20% of the frame, divided by sqrt(num_shapes), so
-up to 4 objects per clip keep them above a patch), move 1%-2.5% of the frame per
-frame, bounce off the frame edges, and start where the whole clip fits without a bounce whenever that is possible, so
-the motion label holds in every frame (a V-JEPA predictor can learn to extrapolate it). A clip samples its video as
-real clips do (`data.frame_step`): with frame step k, clip frame t is frame t * k of the underlying video, so objects
-move k times as far between clip frames.
+Objects are large, as objects in real video are at the model's patch scale: radius 25%-35% of the frame (divided by
+sqrt(num_shapes)), so at 96 px with 16 px patches one object spans about 10-16 of the 36 patch positions and every
+mask hides part of an object, which masked-feature prediction then has to fill in from the visible part (docs/data.md
+says why). They move 1%-2.5% of the frame per frame in a straight line; their centres stay in the band
+[15%, 85%] of the frame (the whole object for small objects), so a large object may be partly out of view, as objects
+entering or leaving a real shot are. A clip starts where its whole track fits in that band whenever that is possible
+(always at the default sizes and speeds), so the motion label holds in every frame, and bounces off the band's edges
+otherwise. A clip samples its video as real clips do (`data.frame_step`): with frame step k, clip frame t is frame
+t * k of the underlying video, so objects move k times as far between clip frames.
 
 Everything about clip i is drawn from a numpy Generator seeded by (seed, i) alone (never global RNG state), so any
 process or data-loader worker renders the same clip for the same index. Rendering is vectorised over all frames and
@@ -43,10 +46,15 @@ COLOR_NAMES = tuple(COLORS)
 MOTIONS = ("east", "northeast", "north", "northwest", "west", "southwest", "south", "southeast", "static")
 STATIC = len(MOTIONS) - 1
 BACKGROUNDS = ("gradient", "stripes", "noise")
+# The labels a probe (or the supervised ceiling) reads, and the dataset item key that holds each.
+LABEL_KEYS = {"appearance": "label", "motion": "motion"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_RADIUS_RANGE = (0.12, 0.20)  # object size, fraction of the frame size (divided by sqrt(num_shapes))
+_RADIUS_RANGE = (0.25, 0.35)  # object size, fraction of the frame size (divided by sqrt(num_shapes))
+# The centre of an object stays at least this far (fraction of the frame) from the frame's edges, or its radius if that
+# is smaller: wide enough that the fastest track of the default 8-frame, step-4 clip (70% of the frame) fits.
+_CENTER_MARGIN = 0.15
 # Circumradius per unit size for each shape, so that squares and triangles cover an area close to the circle's
 # (at equal circumradius a triangle covers only 41% of the circle).
 _SHAPE_SCALE = {"circle": 1.0, "square": 1.15, "triangle": 1.35}
@@ -169,7 +177,8 @@ def sample_clip(seed: int, index: int, num_frames: int, size: int, num_shapes: i
     angle = rng.uniform(0, 2 * math.pi, k)
     speed = 0.0 if motion == STATIC else rng.uniform(*_SPEED_RANGE) * size
     vx, vy = _velocity(motion, speed)
-    lo, hi = radius, size - radius  # the circumscribed circle stays inside the frame
+    lo = np.minimum(radius, _CENTER_MARGIN * size)  # small objects stay whole inside the frame, large ones may not
+    hi = size - lo
     travel = (num_frames - 1) * frame_step  # video frames from the clip's first frame to its last
     x0 = _start_positions(rng, vx, abs(vx) * travel, lo, hi)
     y0 = _start_positions(rng, vy, abs(vy) * travel, lo, hi)
