@@ -114,7 +114,7 @@ class Trainer:
                          else contextlib.nullcontext())
         if t.float8:  # before compile and FSDP2, the order torchao composes in
             float8.convert(self.model, sharded=di.world_size > 1, emulate=self.device.type != "cuda")
-        parallelize(self.model, self.model.top_modules(), world_size=di.world_size, compile=t.compile,
+        parallelize(self.model, world_size=di.world_size, compile=t.compile,
                     activation_checkpointing=t.activation_checkpointing, compile_backend=t.compile_backend,
                     mixed_precision=use_bf16 and self.device.type == "cuda", device_type=self.device.type,
                     mesh_shape=(cfg.parallel.replicate, cfg.parallel.shard))
@@ -195,7 +195,8 @@ class Trainer:
             dev = batch.device_copy or batch.to(self.device, non_blocking=True)
             stats = self.batch_stats(batch, dev)
         loss = self.compute_loss(dev, self.model.row_weights(dev.masks, stats[:M], self.di.world_size))
-        terms = getattr(self.model, "loss_terms", None)  # [prediction loss, sigreg] with loss.sigreg > 0
+        stats_of_step = self.model.step_stats()
+        terms = stats_of_step.loss_terms  # [prediction loss, sigreg] with loss.sigreg > 0
         loss_values = torch.cat([loss.detach().reshape(1), *([] if terms is None else [terms])])  # a copy
         if self.di.world_size > 1:  # every rank decides on the same (global) loss; one collective for the terms too
             dist.all_reduce(loss_values, op=dist.ReduceOp.AVG)
@@ -215,12 +216,12 @@ class Trainer:
         # clips: every rank's batch has batch_size clips (broken samples are replaced), so no readback is needed
         out = {"step": step, "loss": loss_value, "grad_norm": grad_norm, **sched, "flops": flops,
                "clips": batch.video.shape[0] * self.di.world_size, "finite": finite, "data_stats": stats[M:],
-               "feature_stats": getattr(self.model, "feature_stats", None),  # V-JEPA only (collapse.py)
+               "feature_stats": stats_of_step.feature_stats,  # V-JEPA only (collapse.py)
                "loss_terms": None if terms is None else loss_values[1:]}
         t = self.cfg.train
         logged = (step + 1) % t.log_every == 0 or step + 1 == t.steps
         # effective ranks on logged steps only: an eigenproblem per encoder (its sync comes with the log's anyway)
-        out["ranks"] = (self.collapse.ranks(getattr(self.model, "rank_rows", None)) if logged and self.di.is_main
+        out["ranks"] = (self.collapse.ranks(stats_of_step.rank_rows) if logged and self.di.is_main
                         else None)
         if not logged and (step + 1) % t.ckpt_every:
             self.unread.append(out)

@@ -184,6 +184,20 @@ class VisionTransformer(nn.Module):
         init_model(self, self.blocks, init)
         self._pos_cache: dict = {}
 
+    @property
+    def patch_values(self) -> int:
+        """Pixel values in one token's tube (channels x frames x patch height x width)."""
+        pe = self.patch_embed
+        return pe.in_chans * pe.tubelet_size * pe.patch_size ** 2
+
+    def repeated_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def block_dims(self) -> tuple[int, int, int]:
+        """(width, depth, MLP hidden width) of its blocks, from the modules' sizes: indexing a sharded weight
+        would be a collective each step."""
+        return self.embed_dim, len(self.blocks), self.blocks[0].mlp.fc1.out_features
+
     def patchify(self, clips: torch.Tensor) -> torch.Tensor:
         """[B, 3, T, H, W] -> patch tokens [B, N, D] (no position embedding)."""
         return self.patch_embed(clips)
