@@ -15,6 +15,7 @@ from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
 from vjepa_fast.models.sigreg import SIGReg
+from vjepa_fast.models.vit import stack_dims
 from vjepa_fast.ops import l1_target_loss
 from vjepa_fast.profiling import nvtx_range
 
@@ -63,7 +64,8 @@ class VJEPA(nn.Module):
         ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
         pred_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()
         return vjepa_step_flops(masks.batch_size, masks.num_tokens, self.encoder.patch_values,
-                                self.encoder.block_dims(), self.predictor.block_dims(), ctx_lens, pred_lens,
+                                stack_dims(self.encoder.repeated_blocks()),
+                                stack_dims(self.predictor.repeated_blocks()), ctx_lens, pred_lens,
                                 int(masks.tgt_rows.numel()))
 
     def trainable_modules(self) -> list[nn.Module]:

@@ -53,10 +53,6 @@ class Predictor(nn.Module):
     def repeated_blocks(self) -> nn.ModuleList:
         return self.predictor_blocks
 
-    def block_dims(self) -> tuple[int, int, int]:
-        """(width, depth, MLP hidden width) of its blocks (see VisionTransformer.block_dims)."""
-        return self.pred_dim, len(self.predictor_blocks), self.predictor_blocks[0].mlp.fc1.out_features
-
     def _validate(self, ctx: torch.Tensor, masks: PackedMasks) -> None:
         if ctx.dim() != 2 or ctx.shape[1] != self.embed_dim:
             raise ValueError(f"predictor: ctx must be [Rc, {self.embed_dim}], got {tuple(ctx.shape)}")

@@ -24,7 +24,7 @@ from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.predictor import layout_buffer
 from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
-from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights
+from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights, stack_dims
 from vjepa_fast.profiling import nvtx_range
 
 PIX_EPS = 1e-6  # VideoMAE's eps on the per-patch standard deviation
@@ -127,10 +127,6 @@ class VideoMAEDecoder(nn.Module):
     def repeated_blocks(self) -> nn.ModuleList:
         return self.blocks
 
-    def block_dims(self) -> tuple[int, int, int]:
-        """(width, depth, MLP hidden width) of its blocks (see VisionTransformer.block_dims)."""
-        return self.dim, len(self.blocks), self.blocks[0].mlp.fc1.out_features
-
     def _validate(self, ctx: torch.Tensor, masks: PackedMasks) -> None:
         if ctx.dim() != 2 or ctx.shape[1] != self.embed_dim:
             raise ValueError(f"VideoMAEDecoder: ctx must be [Rc, {self.embed_dim}], got {tuple(ctx.shape)}")
@@ -206,8 +202,9 @@ class VideoMAE(nn.Module):
         """Useful FLOPs of one step on this batch (docs/architecture.md, performance model)."""
         ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
         dec_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()
-        return videomae_step_flops(self.decoder.out_dim, self.encoder.block_dims(), self.decoder.block_dims(),
-                                   ctx_lens, dec_lens, int(masks.tgt_rows.numel()))
+        return videomae_step_flops(self.decoder.out_dim, stack_dims(self.encoder.repeated_blocks()),
+                                   stack_dims(self.decoder.repeated_blocks()), ctx_lens, dec_lens,
+                                   int(masks.tgt_rows.numel()))
 
     def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor,
                 step: int = 0) -> torch.Tensor:  # step: the protocol's; nothing here depends on it

@@ -143,6 +143,13 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def stack_dims(blocks: Sequence[Block]) -> tuple[int, int, int]:
+    """(width, depth, MLP hidden width) of a stack of blocks, from the modules' sizes: indexing a sharded weight
+    would be a collective each step."""
+    fc1 = blocks[0].mlp.fc1
+    return fc1.in_features, len(blocks), fc1.out_features
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -192,11 +199,6 @@ class VisionTransformer(nn.Module):
 
     def repeated_blocks(self) -> nn.ModuleList:
         return self.blocks
-
-    def block_dims(self) -> tuple[int, int, int]:
-        """(width, depth, MLP hidden width) of its blocks, from the modules' sizes: indexing a sharded weight
-        would be a collective each step."""
-        return self.embed_dim, len(self.blocks), self.blocks[0].mlp.fc1.out_features
 
     def patchify(self, clips: torch.Tensor) -> torch.Tensor:
         """[B, 3, T, H, W] -> patch tokens [B, N, D] (no position embedding)."""
