@@ -1,9 +1,9 @@
 """V-JEPA (and VideoMAE baseline) pretraining: `torchrun vjepa_fast/train.py [--config FILE] [key=value ...]`.
 
 With no arguments it trains the tiny model on built-in synthetic videos. Read top to bottom: config -> processes ->
-model -> parallelism -> optimizer -> checks before the run dir is touched (data, run dir, stored run) -> resume ->
-the step loop (forward, loss guard, backward, clip, AdamW, EMA, metrics, checkpoints) -> summary and plots.
-"""
+model -> parallelism -> optimizer -> checks before the run dir is touched (data, run dir, stored run) -> the run's
+resources in one ExitStack -> resume -> the step loop (forward, loss guard, backward, clip, AdamW, EMA, metrics,
+checkpoints when the checkpointer says) -> summary and plots."""
 from __future__ import annotations
 
 import os
@@ -168,13 +168,13 @@ class Trainer:
         preflight.check_backends(cfg, self.device, torch.bfloat16 if use_bf16 else torch.float32)
         enable_nvtx(t.nvtx)
         ops._backend.set_check_indices(t.check_indices)
-        self.model: PretrainModel = self.build_model()
+        self.model: PretrainModel = self.make_model()
         self.num_tokens = math.prod(self.model.grid)
         self.masker = build_masker(cfg, self.model.grid)
         self.schedules = Schedules(cfg.optim, t.steps)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
-        self.parallelize(use_bf16)
+        self.distribute(use_bf16)
         self.build_optimizer()
         self.peak = device_peak_flops(self.device, t.peak_tflops)
         self.start_step, self.data_errors, self.data_attempts = 0, 0, 0
@@ -188,7 +188,7 @@ class Trainer:
         self.phase = "start-up"  # what this rank is doing, for the one line of a failed collective
 
     # ---- set-up -------------------------------------------------------------------------------------------------
-    def build_model(self) -> PretrainModel:
+    def make_model(self) -> PretrainModel:
         model = build_model(self.cfg)
         init_from = self.cfg.train.init_from
         if init_from:  # before sharding: every rank loads the full weights, then FSDP2 keeps its shard
@@ -198,7 +198,8 @@ class Trainer:
                 log.info("initialised %s from %s", ", ".join(loaded), init_from)
         return model.to(self.device)
 
-    def parallelize(self, use_bf16: bool) -> None:
+    def distribute(self, use_bf16: bool) -> None:
+        """float8 linears, activation checkpointing, per-block compile and FSDP2, as the config asks."""
         t, di = self.cfg.train, self.di
         if t.float8:  # before compile and FSDP2, the order torchao composes in
             float8.convert(self.model, sharded=di.world_size > 1, emulate=self.device.type != "cuda")
@@ -572,17 +573,23 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    loaded: list[Config] = []
-    code = exit_code(lambda: loaded.append(load_config(args.config, args.overrides)) or 0, debug=args.debug)
+    cfg: Optional[Config] = None
+
+    def load() -> int:
+        nonlocal cfg
+        cfg = load_config(args.config, args.overrides)
+        return 0
+
+    code = exit_code(load, debug=args.debug)
     if code:
         return code
     if args.print_config:
-        print(dump_config(loaded[0]), end="")
+        print(dump_config(cfg), end="")
         return 0
     finished: list[bool] = []  # this rank's run ended normally: wait for every rank before tearing the group down
     try:
         # a ConfigError from here on (e.g. the mesh against the process count) is an error of the run: exit 1
-        return exit_code(lambda: train_here(loaded[0], finished), USER_ERRORS, debug=args.debug, config_errors=())
+        return exit_code(lambda: train_here(cfg, finished), USER_ERRORS, debug=args.debug, config_errors=())
     finally:
         shutdown_distributed(wait_for_peers=bool(finished))
 
