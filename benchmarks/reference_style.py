@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vjepa_fast.masks import PackedMasks
+from vjepa_fast.models.protocol import StepStats
 from vjepa_fast.ops.ema import ema_update_reference
 from vjepa_fast.profiling import nvtx_range
 
@@ -85,8 +86,17 @@ class ReferenceStyleVJEPA(nn.Module):
     def grid(self) -> tuple[int, int, int]:
         return self.vjepa.grid
 
+    def parts(self) -> dict[str, nn.Module]:
+        return self.vjepa.parts()
+
     def top_modules(self) -> list[nn.Module]:
         return self.vjepa.top_modules()
+
+    def repeated_blocks(self) -> dict[str, nn.ModuleList]:
+        return self.vjepa.repeated_blocks()
+
+    def step_stats(self) -> StepStats:
+        return StepStats()  # its forward keeps no statistics
 
     def row_weights(self, masks: PackedMasks, target_counts: torch.Tensor, world_size: int) -> torch.Tensor:
         # The trainer's interface; forward does not use them (the original code averages per process).

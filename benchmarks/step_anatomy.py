@@ -47,6 +47,7 @@ from vjepa_fast import ops, profiling  # noqa: E402
 from vjepa_fast.config import ConfigError, load_config  # noqa: E402
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader  # noqa: E402
 from vjepa_fast.flops import encoder_flops  # noqa: E402
+from vjepa_fast.models.vit import stack_dims  # noqa: E402
 from vjepa_fast.parallel import DistInfo  # noqa: E402
 from vjepa_fast.train import Trainer  # noqa: E402
 
@@ -139,7 +140,8 @@ class PhaseRecorder:
 def backward_markers(model, recorder: PhaseRecorder):
     """Mark the arrival of the predictor's and the context encoder's output gradients (the backward's module
     boundaries) with tensor hooks; yields whether the model has both modules."""
-    predictor, encoder = getattr(model, "predictor", None), getattr(model, "encoder", None)
+    parts = model.parts()
+    predictor, encoder = parts.get("predictor"), parts.get("encoder")
     if predictor is None or encoder is None:
         yield False
         return
@@ -164,22 +166,18 @@ def phase_work(trainer: Trainer, batch) -> dict[str, dict]:
     model, masks, work = trainer.model, batch.masks, {}
     params = sum(p.numel() for p in trainer.params)
     work["optimizer"] = {"bytes": ADAMW_ACCESSES * 4 * params}
-    ema = getattr(model, "ema_pairs", None)
-    if ema is not None:
-        targets, sources = ema()
-        # reads target and source, writes target
-        work["ema"] = {"bytes": sum(t.numel() * (2 * t.element_size() + s.element_size())
-                                    for t, s in zip(targets, sources))}
+    targets, sources = model.ema_pairs()
+    # reads target and source, writes target
+    work["ema"] = {"bytes": sum(t.numel() * (2 * t.element_size() + s.element_size())
+                                for t, s in zip(targets, sources))}
     video_bytes = batch.video.numel() * batch.video.element_size()
     mask_bytes = sum(v.numel() * v.element_size() for v in vars(masks).values() if isinstance(v, torch.Tensor))
     work["data"] = {"bytes": video_bytes + mask_bytes}
-    enc, pred = getattr(model, "encoder", None), getattr(model, "predictor", None)
-    if enc is None or not hasattr(pred, "predictor_blocks"):
+    enc, pred = model.parts().get("encoder"), model.parts().get("predictor")
+    if enc is None or pred is None:  # V-JEPA's phases only
         return work
-    ew, ed, eh = enc.embed_dim, len(enc.blocks), enc.blocks[0].mlp.fc1.out_features
-    pw, pd, ph = (pred.predictor_embed.out_features, len(pred.predictor_blocks),
-                  pred.predictor_blocks[0].mlp.fc1.out_features)
-    patch = 2 * masks.batch_size * masks.num_tokens * enc.patch_embed.proj.weight[0].numel() * ew
+    (ew, ed, eh), (pw, pd, ph) = stack_dims(enc.repeated_blocks()), stack_dims(pred.repeated_blocks())
+    patch = 2 * masks.batch_size * masks.num_tokens * enc.patch_values * ew
     ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
     pred_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()
     context = patch + encoder_flops(ctx_lens, ew, ed, eh)

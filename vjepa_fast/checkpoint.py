@@ -277,13 +277,34 @@ class _InFlight:
 class Checkpointer:
     """Saves (sync or async, at most one in flight), commits, prunes to the newest `keep`; loads on resume.
 
-    Every method is collective (all ranks call it); rank 0 alone touches names in checkpoints/."""
+    Every method is collective (all ranks call it); rank 0 alone touches names in checkpoints/. It also owns when a
+    run saves: every `every` steps, after step `last_step`, on a stop request, and not during a streak of non-finite
+    steps (that save is deferred to the first finite step)."""
 
     def __init__(self, run_dir: str | Path, keep: int, is_main: bool, async_save: bool = False,
-                 group: Optional[dist.ProcessGroup] = None):
+                 group: Optional[dist.ProcessGroup] = None, every: int = 1, last_step: int = 0):
         self.run_dir, self.keep, self.is_main = Path(run_dir), keep, is_main
         self.async_save, self.group = async_save, group
         self.in_flight: Optional[_InFlight] = None
+        self.every, self.last_step = every, last_step
+        self.deferred = False  # a due save not written (non-finite streak): tried again after each step
+
+    # ---- when -----------------------------------------------------------------------------------------------------
+    def due(self, next_step: int, stop: bool) -> bool:
+        """Whether the state before `next_step` is to be saved now: on the cadence, after the last step, on a stop
+        request, or while a save is deferred."""
+        return self.on_cadence(next_step) or next_step == self.last_step or stop or self.deferred
+
+    def on_cadence(self, next_step: int) -> bool:
+        return next_step % self.every == 0
+
+    def defer(self, next_step: int, nonfinite_in_a_row: int) -> bool:
+        """True (the save deferred) while non-finite steps are being skipped: the state may be diverging, and the
+        previous checkpoint is the one to resume from."""
+        self.deferred = nonfinite_in_a_row > 0
+        if self.deferred and self.is_main:
+            log.warning("step %d: checkpoint deferred during a streak of non-finite steps", next_step)
+        return self.deferred
 
     # ---- save ---------------------------------------------------------------------------------------------------
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loop_state: dict,

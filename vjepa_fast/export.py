@@ -74,21 +74,15 @@ def export(source: str, fmt: str, out: str, online: bool = False, predictor: boo
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = parse_args(argv)
-    from vjepa_fast.config import ConfigError
+    from vjepa_fast.user_errors import exit_code
     from vjepa_fast.weights.arch import CheckpointFormatError
 
-    try:
+    def body() -> int:
         overrides = dict(parse_override(o) for o in a.overrides)
         print(export(a.source, a.format, a.out, a.online, a.predictor, overrides))
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointFormatError, FileNotFoundError, OSError) as e:
-        from vjepa_fast.preflight import one_line
+        return 0
 
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(body, (CheckpointFormatError, FileNotFoundError, OSError))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-FLOAT8_MODULES = ("encoder", "predictor", "decoder", "target_encoder")
 MIN_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs with float8 tensor cores
 
 
@@ -39,16 +38,14 @@ def convertible(module: nn.Module, fqn: str = "") -> bool:
     return (type(module) is nn.Linear and module.in_features % 16 == 0 and module.out_features % 16 == 0)
 
 
-def convert(model: nn.Module, sharded: bool, emulate: bool) -> list[str]:
-    """Convert the eligible linears of the model's transformer modules in place; returns their names."""
+def convert(model, sharded: bool, emulate: bool) -> list[str]:
+    """Convert the eligible linears of a pretraining model's parts (models/protocol.py) in place; returns their
+    names."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     config = Float8LinearConfig(enable_fsdp_float8_all_gather=sharded, emulate=emulate)
     converted = []
-    for top in FLOAT8_MODULES:
-        module = getattr(model, top, None)
-        if module is None:
-            continue
+    for top, module in model.parts().items():
         names = [f"{top}.{n}" for n, m in module.named_modules() if convertible(m)]
         convert_to_float8_training(module, config=config, module_filter_fn=convertible)
         converted += names

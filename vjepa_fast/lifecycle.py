@@ -124,6 +124,12 @@ class StopRequest:
         self._work = dist.all_reduce(self._flag_buf, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
         return stop
 
+    def __enter__(self) -> "StopRequest":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(clean=exc_type is None)
+
     def close(self, clean: bool = True) -> None:
         """Restore the handlers; `clean` (every rank got here normally): wait for the last all-reduce too."""
         if clean and self._work is not None:

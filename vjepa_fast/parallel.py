@@ -14,7 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -112,27 +112,25 @@ def shutdown_distributed(wait_for_peers: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def block_lists(model: nn.Module) -> Iterable[nn.ModuleList]:
-    """Every ModuleList of transformer blocks inside `model` (encoder `blocks`, predictor `predictor_blocks`, ...)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1].endswith("blocks"):
-            yield module
+def block_lists(part: nn.Module) -> list[nn.ModuleList]:
+    """The transformer blocks a model's part names as its repeated ones (models/protocol.py)."""
+    return [part.repeated_blocks()]
 
 
 def _checkpointed(forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
+def apply_activation_checkpointing(model) -> None:
     """Recompute each block's activations in backward (instance-level forward swap keeps parameter names)."""
-    for blocks in block_lists(model):
+    for blocks in model.repeated_blocks().values():
         for blk in blocks:
             blk.forward = functools.partial(_checkpointed, blk.forward)
 
 
-def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
+def apply_compile(model, backend: str = "inductor") -> None:
     """Compile each block in place; token counts change every step, so shapes are dynamic from the start."""
-    for blocks in block_lists(model):
+    for blocks in model.repeated_blocks().values():
         for blk in blocks:
             blk.compile(dynamic=True, backend=backend)
 
@@ -152,7 +150,7 @@ def data_parallel_mesh(device_type: str, world_size: int, replicate: int = 1, sh
     return init_device_mesh(device_type, (replicate, shard), mesh_dim_names=("replicate", "shard"))
 
 
-def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precision: bool, mesh=None) -> None:
+def apply_fsdp(model, mixed_precision: bool, mesh=None) -> None:
     """fully_shard each block, then each top module (encoder, predictor, target encoder), on `mesh`."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -161,7 +159,7 @@ def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precisi
     kwargs = {"mp_policy": mp} if mp is not None else {}
     if mesh is not None:
         kwargs["mesh"] = mesh
-    for top in top_modules:
+    for top in model.top_modules():
         for blocks in block_lists(top):
             for blk in blocks:
                 fully_shard(blk, **kwargs)
@@ -172,17 +170,18 @@ def apply_fsdp(model: nn.Module, top_modules: Iterable[nn.Module], mixed_precisi
     fully_shard(model, **kwargs)
 
 
-def parallelize(model: nn.Module, top_modules: list[nn.Module], *, world_size: int, compile: bool,
+def parallelize(model, *, world_size: int, compile: bool,
                 activation_checkpointing: bool, mixed_precision: bool = False,
                 compile_backend: str = "inductor", mesh_shape: tuple[int, int] = (1, 0),
                 device_type: str = "cpu") -> nn.Module:
+    """Apply what the config asks to a pretraining model (models/protocol.py): its repeated blocks and parts."""
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
         apply_compile(model, compile_backend)
     if world_size > 1:
         mesh = data_parallel_mesh(device_type, world_size, *mesh_shape)
-        apply_fsdp(model, top_modules, mixed_precision, mesh)
+        apply_fsdp(model, mixed_precision, mesh)
     return model
 
 

@@ -26,8 +26,8 @@ def device_name(device: torch.device) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
-def count_params(module: Optional[torch.nn.Module]) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def _millions(n: int) -> str:
@@ -87,8 +87,7 @@ class RunLog:
         if not self.is_main:
             return
         cfg, d, t, o = self.cfg, self.cfg.data, self.cfg.train, self.cfg.optim
-        parts = [(name, count_params(getattr(model, name, None)))
-                 for name in ("encoder", "predictor", "decoder", "target_encoder")]
+        parts = [(name, count_params(part)) for name, part in model.parts().items()]
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         resumed = f"step {start_step} (checkpoint in {Path(cfg.run_dir) / 'checkpoints'})" if start_step else "-"
         lines = [

@@ -13,8 +13,9 @@ import torch.nn as nn
 from vjepa_fast.collapse import rank_rows, token_std
 from vjepa_fast.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
-from vjepa_fast.models.protocol import per_mask_mean_weights
+from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
 from vjepa_fast.models.sigreg import SIGReg
+from vjepa_fast.models.vit import stack_dims
 from vjepa_fast.ops import l1_target_loss
 from vjepa_fast.profiling import nvtx_range
 
@@ -42,8 +43,17 @@ class VJEPA(nn.Module):
     def grid(self) -> tuple[int, int, int]:
         return self.encoder.grid
 
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "predictor": self.predictor, "target_encoder": self.target_encoder}
+
     def top_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.predictor, self.target_encoder]
+        return list(self.parts().values())
+
+    def repeated_blocks(self) -> dict[str, nn.ModuleList]:
+        return {role: part.repeated_blocks() for role, part in self.parts().items()}
+
+    def step_stats(self) -> StepStats:
+        return StepStats(self.feature_stats, self.loss_terms, self.rank_rows)
 
     def row_weights(self, masks: PackedMasks, target_counts: torch.Tensor, world_size: int) -> torch.Tensor:
         """The objective's averaging: the mean |z - h| over each mask's target values, averaged over the masks."""
@@ -51,15 +61,11 @@ class VJEPA(nn.Module):
 
     def step_flops(self, masks: PackedMasks) -> float:
         """Useful FLOPs of one step on this batch (docs/architecture.md, performance model)."""
-        enc, pred = self.encoder, self.predictor
         ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
         pred_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()
-        pe = enc.patch_embed  # from the module's sizes: indexing a sharded weight would be a collective each step
-        patch_dim = pe.in_chans * pe.tubelet_size * pe.patch_size ** 2
-        e = (enc.embed_dim, len(enc.blocks), enc.blocks[0].mlp.fc1.out_features)
-        p = (pred.predictor_embed.out_features, len(pred.predictor_blocks),
-             pred.predictor_blocks[0].mlp.fc1.out_features)
-        return vjepa_step_flops(masks.batch_size, masks.num_tokens, patch_dim, e, p, ctx_lens, pred_lens,
+        return vjepa_step_flops(masks.batch_size, masks.num_tokens, self.encoder.patch_values,
+                                stack_dims(self.encoder.repeated_blocks()),
+                                stack_dims(self.predictor.repeated_blocks()), ctx_lens, pred_lens,
                                 int(masks.tgt_rows.numel()))
 
     def trainable_modules(self) -> list[nn.Module]:

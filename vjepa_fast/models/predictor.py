@@ -50,6 +50,9 @@ class Predictor(nn.Module):
         self.predictor_proj = nn.Linear(pred_dim, embed_dim)
         init_model(self, self.predictor_blocks, init)  # Linear / LayerNorm only: the mask tokens stay zero
 
+    def repeated_blocks(self) -> nn.ModuleList:
+        return self.predictor_blocks
+
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
         """ctx [Rc, D] (context encoder output, packed as masks.ctx_*) -> predictions [Rt, D] for masks.tgt_rows."""
         masks.check_decoder_input("predictor", ctx, self.embed_dim, self.grid, self.num_tokens,

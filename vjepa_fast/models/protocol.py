@@ -2,12 +2,14 @@
 
 The objective lives in the model: the trainer all-reduces the batch's target counts, asks the model for the per-row
 loss weights they imply, runs forward / backward / optimizer and the EMA of the pairs the model names, and moves
-numbers. It never looks inside a model (no attribute probing). `VJEPA`, `VideoMAE` and the benchmarks'
+numbers. It never looks inside a model (no attribute probing): what it, the float8 conversion, parallel.py, the run
+log and `weights.load_into` need (parts by role, repeated blocks, the last step's statistics, FLOPs) the model says. `VJEPA`, `VideoMAE` and the benchmarks'
 reference-style step implement this protocol (checked by tests/test_models.py).
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -15,13 +17,36 @@ import torch.nn as nn
 from vjepa_fast.masks import PackedMasks
 
 
+@dataclass(frozen=True)
+class StepStats:
+    """Device tensors of the last forward, read by the trainer on logged steps only (collapse.py), so they add no
+    host sync to the other steps; None where the model has no such number."""
+    feature_stats: Optional[torch.Tensor] = None  # [target std, prediction std]
+    loss_terms: Optional[torch.Tensor] = None  # [prediction loss, sigreg] when the loss has both
+    rank_rows: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (target, context) token subsamples
+
+
 @runtime_checkable
 class PretrainModel(Protocol):
     grid: tuple[int, int, int]
     """The token grid (T', H', W') of a clip: the masks are drawn over it."""
 
+    def parts(self) -> dict[str, nn.Module]:
+        """Its parts by role ("encoder", "predictor" or "decoder", "target_encoder"), in the order FSDP2 shards
+        them: the names its checkpoints, `train.init_from`, the float8 conversion and the run log use."""
+        ...
+
     def top_modules(self) -> list[nn.Module]:
-        """The parts FSDP2 shards one by one (after their blocks) and whose blocks are compiled."""
+        """The parts FSDP2 shards one by one (after their blocks): the values of parts()."""
+        ...
+
+    def repeated_blocks(self) -> dict[str, nn.ModuleList]:
+        """Each part's transformer blocks, by the part's role: what activation checkpointing, per-block compile and
+        FSDP2's per-block sharding apply to."""
+        ...
+
+    def step_stats(self) -> StepStats:
+        """The last forward's statistics (still on the device)."""
         ...
 
     def trainable_modules(self) -> list[nn.Module]:

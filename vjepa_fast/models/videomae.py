@@ -23,8 +23,8 @@ from vjepa_fast.flops import videomae_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.predictor import layout_buffer
-from vjepa_fast.models.protocol import per_mask_mean_weights
-from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights
+from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
+from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights, stack_dims
 from vjepa_fast.profiling import nvtx_range
 
 PIX_EPS = 1e-6  # VideoMAE's eps on the per-patch standard deviation
@@ -124,6 +124,9 @@ class VideoMAEDecoder(nn.Module):
         init_weights(self)
         nn.init.trunc_normal_(self.mask_token, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)  # as VideoMAE
 
+    def repeated_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
     def forward(self, ctx: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
         """ctx [Rc, D] (encoder output on the visible rows) -> pixel predictions [Rt, out_dim] for masks.tgt_rows."""
         masks.check_decoder_input("VideoMAEDecoder", ctx, self.embed_dim, self.grid, self.num_tokens)
@@ -156,8 +159,17 @@ class VideoMAE(nn.Module):
     def grid(self) -> tuple[int, int, int]:
         return self.encoder.grid
 
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "decoder": self.decoder}
+
     def top_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.decoder]
+        return list(self.parts().values())
+
+    def repeated_blocks(self) -> dict[str, nn.ModuleList]:
+        return {role: part.repeated_blocks() for role, part in self.parts().items()}
+
+    def step_stats(self) -> StepStats:
+        return StepStats()  # no feature statistics: the collapse watch is V-JEPA's
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.encoder, self.decoder]
@@ -171,12 +183,11 @@ class VideoMAE(nn.Module):
 
     def step_flops(self, masks: PackedMasks) -> float:
         """Useful FLOPs of one step on this batch (docs/architecture.md, performance model)."""
-        enc, dec = self.encoder, self.decoder
         ctx_lens = (masks.ctx_cu[1:] - masks.ctx_cu[:-1]).tolist()
         dec_lens = (masks.pred_cu[1:] - masks.pred_cu[:-1]).tolist()
-        e = (enc.embed_dim, len(enc.blocks), enc.blocks[0].mlp.fc1.out_features)
-        d = (dec.dim, len(dec.blocks), dec.blocks[0].mlp.fc1.out_features)
-        return videomae_step_flops(dec.out_dim, e, d, ctx_lens, dec_lens, int(masks.tgt_rows.numel()))
+        return videomae_step_flops(self.decoder.out_dim, stack_dims(self.encoder.repeated_blocks()),
+                                   stack_dims(self.decoder.repeated_blocks()), ctx_lens, dec_lens,
+                                   int(masks.tgt_rows.numel()))
 
     def forward(self, video: torch.Tensor, masks: PackedMasks, row_weight: torch.Tensor,
                 step: int = 0) -> torch.Tensor:  # step: the protocol's; nothing here depends on it

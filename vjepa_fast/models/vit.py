@@ -143,6 +143,13 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def stack_dims(blocks: Sequence[Block]) -> tuple[int, int, int]:
+    """(width, depth, MLP hidden width) of a stack of blocks, from the modules' sizes: indexing a sharded weight
+    would be a collective each step."""
+    fc1 = blocks[0].mlp.fc1
+    return fc1.in_features, len(blocks), fc1.out_features
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -183,6 +190,15 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(self.embed_dim, eps=LN_EPS)
         init_model(self, self.blocks, init)
         self._pos_cache: dict = {}
+
+    @property
+    def patch_values(self) -> int:
+        """Pixel values in one token's tube (channels x frames x patch height x width)."""
+        pe = self.patch_embed
+        return pe.in_chans * pe.tubelet_size * pe.patch_size ** 2
+
+    def repeated_blocks(self) -> nn.ModuleList:
+        return self.blocks
 
     def patchify(self, clips: torch.Tensor) -> torch.Tensor:
         """[B, 3, T, H, W] -> patch tokens [B, N, D] (no position embedding)."""

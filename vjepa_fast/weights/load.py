@@ -137,8 +137,8 @@ def load_encoder(path: str | Path, *, online: bool = False, config=None, device:
     return encoder.to(device) if device is not None else encoder
 
 
-def load_into(model: nn.Module, path: str | Path) -> list[str]:
-    """Initialise the parts of a training model (encoder / predictor / target_encoder / decoder) from a weights
+def load_into(model, path: str | Path) -> list[str]:
+    """Initialise the parts of a pretraining model (its parts(), models/protocol.py) from a weights
     file, Hugging Face directory or run directory: train.init_from. A file with one encoder initialises both the
     online and the target encoder from it. Returns the parts loaded."""
     w = read_weights(path)
@@ -146,12 +146,10 @@ def load_into(model: nn.Module, path: str | Path) -> list[str]:
     for have, fill in (("encoder", "target_encoder"), ("target_encoder", "encoder")):
         if fill not in parts and have in parts:
             parts[fill] = parts[have]
-    encoder = getattr(model, "encoder", None)
-    grid = file_grid(w, parts.get("encoder", {}), getattr(encoder, "grid", None))
+    grid = file_grid(w, parts.get("encoder", {}), model.grid)
     loaded = []
-    for name in ("encoder", "predictor", "target_encoder", "decoder"):
-        module = getattr(model, name, None)
-        if module is None or name not in parts:
+    for name, module in model.parts().items():
+        if name not in parts:
             continue
         load_part(module, name, parts[name], f"{w.format} {w.source} [{name}]", stated_kind(w), grid)
         loaded.append(name)

@@ -60,5 +60,5 @@ def write_reference(parts: dict[str, dict[str, torch.Tensor]], path: str | Path,
 
 def export_reference(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """A training model's encoder / predictor / target_encoder in the reference layout."""
-    return write_reference({name: getattr(model, name).state_dict() for name in PARTS
-                            if getattr(model, name, None) is not None}, path, extra)
+    return write_reference({name: part.state_dict() for name, part in model.parts().items() if name in PARTS},
+                           path, extra)
