@@ -6,7 +6,7 @@ Builds the Trainer from the config (default: the built-in tiny one), draws a few
 collate (cycled, so data loading itself is not in the time: benchmarks/test_bench_data.py measures that), runs
 `--warmup` steps (compilation, kernel builds), then `--steps` timed steps, and prints one row per phase:
 
-- the phases the loop already marks (vjepa_fast.profiling.nvtx_range): data (host-to-device copy), target forward,
+- the phases the loop already marks (vjepa_fast.run.profiling.nvtx_range): data (host-to-device copy), target forward,
   context forward, predictor forward, loss, backward, optimizer (clip + AdamW), ema;
 - the backward split per module where the model allows it (loss, predictor, context encoder): hooks on the
   predictor's and the context encoder's outputs mark when their gradients arrive;
@@ -17,7 +17,7 @@ the CPU), so a phase's time is how long the GPU stream took from its start to it
 it where the GPU waited for the host. The rows therefore add up to the step. A second pass under torch.profiler
 measures how much of the step the GPU was busy at all (kernels, copies); the rest is "GPU idle".
 
-Per phase, where the work is known: achieved TFLOP/s (useful FLOPs, as vjepa_fast.flops counts them) or GB/s
+Per phase, where the work is known: achieved TFLOP/s (useful FLOPs, as vjepa_fast.models.flops counts them) or GB/s
 (AdamW's and the EMA's memory traffic; the data phase's host-to-device bytes) and the fraction of this card's
 measured roofline (benchmarks/roofline.py; VJEPA_FAST_ROOFLINE_JSON reuses a saved measurement).
 
@@ -43,10 +43,11 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from vjepa_fast import ops, profiling  # noqa: E402
+from vjepa_fast import ops  # noqa: E402
+from vjepa_fast.run import profiling  # noqa: E402
 from vjepa_fast.config import ConfigError, load_config  # noqa: E402
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader  # noqa: E402
-from vjepa_fast.flops import encoder_flops  # noqa: E402
+from vjepa_fast.models.flops import encoder_flops  # noqa: E402
 from vjepa_fast.models.vit import stack_dims  # noqa: E402
 from vjepa_fast.parallel import DistInfo  # noqa: E402
 from vjepa_fast.train import Trainer  # noqa: E402

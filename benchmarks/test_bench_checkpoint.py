@@ -88,7 +88,7 @@ def _single_file_load(path: Path, model, opt) -> None:
 def worker(variant: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from vjepa_fast import checkpoint as ckpt
+    from vjepa_fast.run import checkpoint as ckpt
     from vjepa_fast.parallel import init_distributed, shutdown_distributed
 
     di = init_distributed()

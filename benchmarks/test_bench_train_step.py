@@ -16,7 +16,7 @@ Batches come from the real loader and collate (synthetic clips), drawn before ti
 is not in the time (benchmarks/test_bench_data.py measures it). Every timed round ends with a CUDA synchronise (the
 step itself reads nothing back but on log steps).
 
-extra_info: clips/s, tokens/s, achieved TFLOP/s and MFU from the model's useful FLOPs (vjepa_fast.flops) over the
+extra_info: clips/s, tokens/s, achieved TFLOP/s and MFU from the model's useful FLOPs (vjepa_fast.models.flops) over the
 median step time (MFU against the card's datasheet bf16 peak, matmul_fraction against the measured 8192^3 bf16
 matmul rate), peak memory, and in the reference-style row `fast_path_speedup`: the fast path's clips/s over its own,
 when the fast path ran earlier in the same session, and `equal_tokens_speedup`: vjepa_fast_truncated's clips/s over

@@ -203,7 +203,7 @@ def test_a_trainer_keeps_the_environment_backend_under_auto(subprocess_env, tmp_
 
 
 def test_preflight_names_the_environment_variable_whose_backend_cannot_run(monkeypatch):
-    from vjepa_fast import preflight
+    from vjepa_fast.run import preflight
     from vjepa_fast.config import load_config
 
     gather = _backend._op("gather")
@@ -225,7 +225,8 @@ def test_every_forced_triton_backend_imports_its_kernels(subprocess_env):
     got = _child("""
         import json, sys, torch
         import vjepa_fast.models.rope  # registers the rope op
-        from vjepa_fast import ops, preflight
+        from vjepa_fast import ops
+        from vjepa_fast.run import preflight
         from vjepa_fast.config import load_config
         from vjepa_fast.ops import _backend
         def kernels():

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemWriter
 
-from vjepa_fast import checkpoint as ckpt
+from vjepa_fast.run import checkpoint as ckpt
 from vjepa_fast import train
-from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE
-from vjepa_fast.rundir import RunDirError, RunDirLock
+from vjepa_fast.run.lifecycle import REQUEUE_EXIT_CODE
+from vjepa_fast.run.rundir import RunDirError, RunDirLock
 
 from test_train import SMALL, losses, make_trainer
 
@@ -266,7 +266,7 @@ def test_metrics_are_trimmed_on_resume_through_a_rename(finished, tmp_path):
     with open(path, "a") as f:
         f.write('{"step": 9, "lo')  # torn by a kill
     inode = path.stat().st_ino
-    from vjepa_fast.metrics import MetricsLog
+    from vjepa_fast.run.metrics import MetricsLog
 
     MetricsLog(path, resume_step=4).close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]

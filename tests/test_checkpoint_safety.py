@@ -13,10 +13,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
-from vjepa_fast import checkpoint as ckpt
-from vjepa_fast import dcp_safe, export, shard_sums, train
+from vjepa_fast.run import checkpoint as ckpt
+from vjepa_fast import export, train
+from vjepa_fast.run import dcp_safe, shard_sums
 from vjepa_fast import eval as ev
-from vjepa_fast.rundir import RunDirError
+from vjepa_fast.run.rundir import RunDirError
 from vjepa_fast.weights import CheckpointFormatError, load_encoder
 
 from test_checkpoint_faults import assert_same_state, finished  # noqa: F401 (finished: a fixture)
@@ -143,7 +144,7 @@ def test_a_shard_value_that_would_run_code_is_refused(tmp_path):
 def test_resume_falls_back_over_a_crafted_index_without_running_it(finished, crafted, caplog):
     _, final = finished
     run, marker = crafted
-    with caplog.at_level(logging.WARNING, logger="vjepa_fast.rundir"):
+    with caplog.at_level(logging.WARNING, logger="vjepa_fast.run.rundir"):
         make_trainer(run).run()
     assert not marker.exists()
     warned = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]

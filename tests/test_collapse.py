@@ -6,7 +6,7 @@ import warnings
 import torch
 
 from vjepa_fast import train
-from vjepa_fast.collapse import RANK_ROWS, CollapseWatch, rank_rows, rankme, token_std
+from vjepa_fast.run.collapse import RANK_ROWS, CollapseWatch, rank_rows, rankme, token_std
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import pack_masks
 from vjepa_fast.models.build import build_masker
@@ -121,7 +121,7 @@ def test_a_low_rank_warns_once(tmp_path):
 
 
 def test_tensorboard_gets_the_ranks():
-    from vjepa_fast.tb_log import TensorBoardLog
+    from vjepa_fast.run.tb_log import TensorBoardLog
 
     class Writer:
         def __init__(self):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from torch.distributed.checkpoint import FileSystemReader
 
-from vjepa_fast import checkpoint as ckpt
+from vjepa_fast.run import checkpoint as ckpt
 from vjepa_fast import train
 
 from test_checkpoint_faults import assert_same_state

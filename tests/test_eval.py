@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vjepa_fast import eval as ev
-from vjepa_fast.checkpoint import load_payload
+from vjepa_fast.run.checkpoint import load_payload
 from vjepa_fast import train
 from vjepa_fast.config import load_config
 from vjepa_fast.models.probe import AttentiveProbe

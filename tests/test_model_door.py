@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vjepa_fast.config import load_config
-from vjepa_fast.flops import vjepa_step_flops
+from vjepa_fast.models.flops import vjepa_step_flops
 from vjepa_fast.masks import pack_masks
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.models.protocol import StepStats

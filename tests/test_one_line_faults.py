@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from vjepa_fast import checkpoint, metrics, train
+from vjepa_fast import train
+from vjepa_fast.run import checkpoint, metrics
 from vjepa_fast.config import ConfigError, load_config
 from vjepa_fast.parallel import CREATION_DEADLINE_FACTOR
 

@@ -15,7 +15,7 @@ from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, apply_rope_qkv_re
     rope_segment, rope_tables
 from vjepa_fast.models.vit import VisionTransformer
 from vjepa_fast.parallel import DistInfo
-from vjepa_fast.schedules import Schedules, wsd_lr_at
+from vjepa_fast.run.schedules import Schedules, wsd_lr_at
 
 
 @pytest.mark.parametrize("head_dim", [6, 7, 11, 16, 24, 64, 88])

@@ -8,7 +8,9 @@ import re
 import pytest
 import torch
 
-from vjepa_fast import plots, preflight, train
+from vjepa_fast.run import plots as plots_cli
+from vjepa_fast import train
+from vjepa_fast.run import plots, preflight
 from vjepa_fast.config import load_config
 from vjepa_fast.parallel import DistInfo
 
@@ -100,7 +102,7 @@ def check_tensorboard(run_dir, rows):
 
 
 def test_tensorboard_missing_is_one_line_when_asked_for(tmp_path, monkeypatch):
-    from vjepa_fast import tb_log
+    from vjepa_fast.run import tb_log
 
     monkeypatch.setattr(tb_log, "tensorboard_available", lambda: "the tensorboard package is not installed")
     with pytest.raises(preflight.RunError, match="train.tensorboard=true but the tensorboard package"):
@@ -116,7 +118,7 @@ def test_plots_of_a_finished_run(tmp_path, method, capsys):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves.png", "masks.png"]
     for p in (tmp_path / "plots").iterdir():
         p.unlink()
-    assert plots.main([str(tmp_path)]) == 0
+    assert plots_cli.main([str(tmp_path)]) == 0
     written = capsys.readouterr().out.split()
     assert sorted(p.rsplit("/", 1)[-1] for p in written) == ["curves.png", "masks.png"]
     for name in ("curves.png", "masks.png"):
@@ -170,6 +172,6 @@ def test_curves_draw_the_collapse_signals_and_leave_out_panels_without_data():
 
 
 def test_plots_command_errors_are_one_line(tmp_path, capsys):
-    assert plots.main([str(tmp_path / "nowhere")]) == 1
+    assert plots_cli.main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a run directory" in err[0]

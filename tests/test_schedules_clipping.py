@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vjepa_fast.config import ConfigError, load_config
-from vjepa_fast.schedules import Schedules
+from vjepa_fast.run.schedules import Schedules
 from vjepa_fast.train import clip_norm_at, clip_per_module
 
 from test_train import SMALL, _torchrun, make_trainer

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.sigreg_cases import global_rows, rank_slices
-from vjepa_fast import checkpoint as ckpt
+from vjepa_fast.run import checkpoint as ckpt
 from vjepa_fast import train
 from vjepa_fast.config import ConfigError, load_config
 from vjepa_fast.masks import pack_masks

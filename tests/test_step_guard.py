@@ -9,7 +9,7 @@ from vjepa_fast.config import load_config
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader
 from vjepa_fast.ops import ema as ema_op
 from vjepa_fast.parallel import DistInfo
-from vjepa_fast.step_guard import finite_flag, guarded_optimizer_step, read_back
+from vjepa_fast.run.step_guard import finite_flag, guarded_optimizer_step, read_back
 
 SMALL = ["train.steps=8", "train.batch_size=2", "train.progress=false", "data.num_workers=0", "data.num_frames=4",
          "data.crop_size=64", "optim.warmup_steps=2"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vjepa_fast import checkpoint, train
+from vjepa_fast import train
+from vjepa_fast.run import checkpoint
 
 TINY = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.ckpt_every=1", "train.progress=false",
         "train.plots=false", "train.tensorboard=false", "data.num_workers=0", "data.num_frames=4",

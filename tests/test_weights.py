@@ -197,7 +197,7 @@ def test_a_rotary_run_dir_loads_and_exports_to_transformers(tmp_path):
                              f"data.crop_size={CROP}", "optim.warmup_steps=1"])
     trainer = train.Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
     trainer.run()
-    from vjepa_fast import checkpoint
+    from vjepa_fast.run import checkpoint
 
     saved = checkpoint.load_payload(checkpoint.list_checkpoints(run)[-1][1], keys={"model"})
     assert saved["model_config"] == model_config(cfg)

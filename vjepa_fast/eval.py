@@ -37,12 +37,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from vjepa_fast import checkpoint as ckpt
+from vjepa_fast.run import checkpoint as ckpt
 from vjepa_fast import ops
 from vjepa_fast.config import Config, ConfigError, load_config, to_dict
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
-from vjepa_fast.preflight import one_line
+from vjepa_fast.run.preflight import one_line
 from vjepa_fast.weights import CheckpointFormatError, read_weights
 from vjepa_fast.weights.load import load_part, open_encoder, pick_encoder, stated_kind
 

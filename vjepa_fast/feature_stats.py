@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vjepa_fast.config import Config, ConfigError, load_config
 from vjepa_fast.models.build import build_encoder
-from vjepa_fast.preflight import one_line
+from vjepa_fast.run.preflight import one_line
 from vjepa_fast.weights import CheckpointFormatError
 
 OBJECT_TOKEN = 0.3  # a token is an object token when objects cover at least this share of its pixels

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from vjepa_fast.config import ConfigError
-from vjepa_fast.lifecycle import CollectiveError, backend_message, die_with_parent
+from vjepa_fast.run.lifecycle import CollectiveError, backend_message, die_with_parent
 
 
 @dataclass

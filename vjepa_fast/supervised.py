@@ -24,7 +24,7 @@ from vjepa_fast.config import Config, ConfigError
 from vjepa_fast.data.synthetic import LABEL_KEYS, SyntheticVideos
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
-from vjepa_fast.schedules import lr_at
+from vjepa_fast.run.schedules import lr_at
 
 
 def _optimizer(modules, o) -> torch.optim.AdamW:

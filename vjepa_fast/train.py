@@ -29,25 +29,26 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from vjepa_fast import checkpoint, float8, ops, preflight
-from vjepa_fast.checkpoint import CheckpointError
-from vjepa_fast.collapse import CollapseWatch
+from vjepa_fast import float8, ops
+from vjepa_fast.run import checkpoint, preflight
+from vjepa_fast.run.checkpoint import CheckpointError
+from vjepa_fast.run.collapse import CollapseWatch
 from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
 from vjepa_fast.data.loader import BatchStream, DataLoadError, MaskCollate, make_loader
 from vjepa_fast.data.prefetch import prefetch_to_device
-from vjepa_fast.flops import device_peak_flops
-from vjepa_fast.lifecycle import REQUEUE_EXIT_CODE, CollectiveError, StopRequest, as_collective_error
-from vjepa_fast.metrics import MetricsLog, Progress
+from vjepa_fast.models.flops import device_peak_flops
+from vjepa_fast.run.lifecycle import REQUEUE_EXIT_CODE, CollectiveError, StopRequest, as_collective_error
+from vjepa_fast.run.metrics import MetricsLog, Progress
 from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.models.protocol import PretrainModel
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
-from vjepa_fast.plots import finish_outputs
-from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
-from vjepa_fast.rundir import ResumeDecision, RunDir, RunDirError
-from vjepa_fast.runlog import RunLog
-from vjepa_fast.schedules import Schedules
-from vjepa_fast.step_guard import NonFiniteLossError, finite_flag, guarded_optimizer_step, read_back
-from vjepa_fast.tb_log import TensorBoardLog
+from vjepa_fast.run.plots import finish_outputs
+from vjepa_fast.run.profiling import enable_nvtx, maybe_profile, nvtx_range
+from vjepa_fast.run.rundir import ResumeDecision, RunDir, RunDirError
+from vjepa_fast.run.runlog import RunLog
+from vjepa_fast.run.schedules import Schedules
+from vjepa_fast.run.step_guard import NonFiniteLossError, finite_flag, guarded_optimizer_step, read_back
+from vjepa_fast.run.tb_log import TensorBoardLog
 from vjepa_fast.user_errors import exit_code, translated
 from vjepa_fast.weights import CheckpointFormatError, load_into, model_config
 
@@ -355,7 +356,7 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------------------------------------
     def train_step(self, batch, step: int) -> Optional[dict]:
         """One step with no host sync: a non-finite loss or gradient norm masks the update on the device
-        (vjepa_fast.step_guard). Returns the step's numbers, read back on log and checkpoint steps (then None if
+        (vjepa_fast.run.step_guard). Returns the step's numbers, read back on log and checkpoint steps (then None if
         the step was skipped) and still on the device otherwise."""
         sched = self.set_schedules(step)
         flops = self.step_flops(batch)

@@ -35,7 +35,7 @@ def exit_code(body: Callable[[], int], fixable: tuple[type[BaseException], ...] 
     `config_errors` (default: ConfigError) are the config's or the command line's; a ConfigError raised once the
     config was accepted (e.g. a mesh that does not fit the processes) belongs in `fixable` with config_errors=()."""
     from vjepa_fast.config import ConfigError
-    from vjepa_fast.preflight import one_line
+    from vjepa_fast.run.preflight import one_line
 
     config = (ConfigError,) if config_errors is None else config_errors
     try:

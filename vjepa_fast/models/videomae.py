@@ -19,13 +19,13 @@ import math
 import torch
 import torch.nn as nn
 
-from vjepa_fast.flops import videomae_step_flops
+from vjepa_fast.models.flops import videomae_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.predictor import layout_buffer
 from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
 from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights, stack_dims
-from vjepa_fast.profiling import nvtx_range
+from vjepa_fast.run.profiling import nvtx_range
 
 PIX_EPS = 1e-6  # VideoMAE's eps on the per-patch standard deviation
 

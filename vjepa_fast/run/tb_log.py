@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from vjepa_fast.plots import mask_names, overlay, sample_masks, to_rgb
-from vjepa_fast.preflight import RunError
+from vjepa_fast.run.plots import mask_names, overlay, sample_masks, to_rgb
+from vjepa_fast.run.preflight import RunError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch.distributed as dist
 
-from vjepa_fast import checkpoint
+from vjepa_fast.run import checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from vjepa_fast import dcp_safe, shard_sums
-from vjepa_fast.preflight import RunError
+from vjepa_fast.run import dcp_safe, shard_sums
+from vjepa_fast.run.preflight import RunError
 
 log = logging.getLogger(__name__)
 
