@@ -14,7 +14,7 @@ from vjepa_fast.export import export
 from vjepa_fast.masks import pack_masks
 from vjepa_fast.models.build import build_model
 from vjepa_fast.weights import CheckpointFormatError, load_encoder, load_into, model_config, read_weights
-from vjepa_fast.weights.arch import build_predictor_from
+from vjepa_fast.models.arch import build_predictor_from
 from vjepa_fast.weights.load import load_part
 from vjepa_fast.weights.reference import export_reference
 

@@ -16,7 +16,8 @@ from vjepa_fast.masks import pack_masks
 from vjepa_fast.models.build import build_model
 from vjepa_fast.models.pos_embed import interpolate_pos, sincos_3d
 from vjepa_fast.weights import CheckpointFormatError, load_encoder, load_into, read_weights
-from vjepa_fast.weights.arch import build_predictor_from, detect_arch, position_kind, table_grid
+from vjepa_fast.models.arch import build_predictor_from
+from vjepa_fast.weights.detect import detect_arch, position_kind, table_grid
 from vjepa_fast.weights.load import load_part
 from vjepa_fast.weights.reference import export_reference
 

@@ -8,7 +8,7 @@ from vjepa_fast.export import export
 from vjepa_fast.masks import pack_masks
 from vjepa_fast.models.videomae import VideoMAE
 from vjepa_fast.weights import CheckpointFormatError, load_encoder, read_weights
-from vjepa_fast.weights.arch import build_decoder_from, build_encoder_from
+from vjepa_fast.models.arch import build_decoder_from, build_encoder_from
 from vjepa_fast.weights.load import load_part
 
 transformers = pytest.importorskip("transformers", reason="the parity tests need transformers (the test extra)")

@@ -38,7 +38,7 @@ def export(source: str, fmt: str, out: str, online: bool = False, predictor: boo
            overrides: Optional[dict] = None) -> str:
     """Write the export; returns a one-line summary."""
     from vjepa_fast.weights import read_weights
-    from vjepa_fast.weights.arch import CheckpointFormatError
+    from vjepa_fast.models.arch import CheckpointFormatError
     from vjepa_fast.weights.load import pick_encoder, resolve_arch
     from vjepa_fast.weights.write import write_hf, write_reference, write_safetensors
 
@@ -75,7 +75,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = parse_args(argv)
     from vjepa_fast.user_errors import exit_code
-    from vjepa_fast.weights.arch import CheckpointFormatError
+    from vjepa_fast.models.arch import CheckpointFormatError
 
     def body() -> int:
         overrides = dict(parse_override(o) for o in a.overrides)

@@ -5,17 +5,14 @@ import torch.nn as nn
 
 from vjepa_fast.config import Config
 from vjepa_fast.masks import BlockSpec, MultiBlockMasker, TubeMasker
+from vjepa_fast.models.arch import arch_from_config, build_encoder_from, build_predictor_from
 
 
 def build_encoder(cfg: Config) -> nn.Module:
-    from vjepa_fast.weights.arch import arch_from_config, build_encoder_from
-
     return build_encoder_from(arch_from_config(cfg))
 
 
 def build_model(cfg: Config) -> nn.Module:
-    from vjepa_fast.weights.arch import arch_from_config, build_encoder_from, build_predictor_from
-
     arch = arch_from_config(cfg)
     encoder = build_encoder_from(arch)
     if cfg.method == "videomae":

@@ -23,7 +23,8 @@ from typing import Any, Optional
 import torch
 
 from vjepa_fast.weights import hf, hf_videomae
-from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch, position_kind
+from vjepa_fast.models.arch import CheckpointFormatError, ModelArch
+from vjepa_fast.weights.detect import position_kind
 from vjepa_fast.weights.reference import PARTS, strip_prefixes
 
 log = logging.getLogger("vjepa_fast.weights")
@@ -134,7 +135,7 @@ def _read_torch_file(p: Path, payload: Any, run_cfg: Optional[Path] = None) -> W
 
 def _arch_of_run_config(path: Path) -> ModelArch:
     from vjepa_fast.config import ConfigError, load_config
-    from vjepa_fast.weights.arch import arch_from_config
+    from vjepa_fast.models.arch import arch_from_config
 
     try:
         return arch_from_config(load_config(str(path)))

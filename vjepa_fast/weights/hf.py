@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from vjepa_fast.models.vit import LN_EPS
-from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch
+from vjepa_fast.models.arch import CheckpointFormatError, ModelArch
 
 MODEL_TYPE = "vjepa2"
 _QKV = ("query", "key", "value")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vjepa_fast.models.vit import LN_EPS
-from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch
+from vjepa_fast.models.arch import CheckpointFormatError, ModelArch
 from vjepa_fast.weights.hf import rename_keys
 
 log = logging.getLogger("vjepa_fast.weights")

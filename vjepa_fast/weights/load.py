@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from vjepa_fast.models.pos_embed import Grid, interpolate_pos
-from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch, arch_from_config, build_encoder_from, \
-    detect_arch, grid_error, position_kind, published_grids, table_grid
+from vjepa_fast.models.arch import CheckpointFormatError, ModelArch, arch_from_config, build_encoder_from
+from vjepa_fast.weights.detect import detect_arch, grid_error, position_kind, published_grids, table_grid
 from vjepa_fast.weights.formats import Weights, read_weights
 from vjepa_fast.weights.reference import load_module
 

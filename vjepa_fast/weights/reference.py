@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vjepa_fast.weights.arch import CheckpointFormatError
+from vjepa_fast.models.arch import CheckpointFormatError
 
 PREFIXES = ("module.backbone.", "module.", "backbone.", "_orig_mod.")
 PARTS = ("encoder", "predictor", "target_encoder")

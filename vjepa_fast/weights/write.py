@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from vjepa_fast.weights import hf, hf_videomae
-from vjepa_fast.weights.arch import CheckpointFormatError, ModelArch
+from vjepa_fast.models.arch import CheckpointFormatError, ModelArch
 from vjepa_fast.weights.formats import SAFETENSORS_FORMAT
 from vjepa_fast.weights.reference import write_reference
 
