@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_fast.config import ConfigError
+from vjepa_fast.config.schema import ConfigError
 from vjepa_fast.run.lifecycle import CollectiveError, backend_message, die_with_parent
 
 

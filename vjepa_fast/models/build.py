@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from vjepa_fast.config import Config
+from vjepa_fast.config.schema import Config
 from vjepa_fast.masks import BlockSpec, MultiBlockMasker, TubeMasker
 from vjepa_fast.models.arch import arch_from_config, build_encoder_from, build_predictor_from
 
@@ -31,6 +31,12 @@ def build_masker(cfg: Config, grid: tuple[int, int, int]):
     k = cfg.masks
     if cfg.method == "videomae":
         return TubeMasker(grid, mask_ratio=k.tube_ratio, seed=cfg.train.seed)
+    return MultiBlockMasker(grid, specs=tuple(mask_specs(cfg).values()), seed=cfg.train.seed)
+
+
+def mask_specs(cfg: Config) -> dict[str, BlockSpec]:
+    """V-JEPA's multi-block mask configurations by range: short (many small blocks), long (a few large ones)."""
+    k = cfg.masks
     aspect = (k.aspect_min, k.aspect_max)
-    specs = (BlockSpec(k.short_blocks, k.short_scale, aspect), BlockSpec(k.long_blocks, k.long_scale, aspect))
-    return MultiBlockMasker(grid, specs=specs, seed=cfg.train.seed)
+    return {"short": BlockSpec(k.short_blocks, k.short_scale, aspect),
+            "long": BlockSpec(k.long_blocks, k.long_scale, aspect)}
