@@ -11,5 +11,5 @@ from vjepa_fast.config.load import dump_config, load_config, packaged_configs, p
     save_config
 from vjepa_fast.config.schema import METHODS, Config, ConfigError, iter_keys, single_line, to_dict
 
-__all__ = ["METHODS", "Config", "ConfigError", "dump_config", "help_table", "iter_keys", "load_config", "packaged_configs",
-           "parse_override", "resolve_config_path", "save_config", "single_line", "to_dict"]
+__all__ = ["METHODS", "Config", "ConfigError", "dump_config", "help_table", "iter_keys", "load_config",
+           "packaged_configs", "parse_override", "resolve_config_path", "save_config", "single_line", "to_dict"]

@@ -1,4 +1,4 @@
-"""The resolved architecture of a model (`ModelArch`): the rule that derives it from a Config, and the modules it builds.
+"""The resolved architecture of a model (`ModelArch`): the rule deriving it from a Config, and the modules it builds.
 
 A training checkpoint stores `model_config(cfg)` (a plain dict); an importer reads the same dict back from a file
 (or detects it from tensor shapes, weights/detect.py), so an encoder can be rebuilt without the run's YAML file.
