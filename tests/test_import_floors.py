@@ -173,3 +173,11 @@ def test_a_clean_tree_has_no_back_arrows(tmp_path):
     root = _tree(tmp_path, {"__init__.py": "", "entry.py": "from vjepa_fast import mid, low\n",
                             "mid.py": "from vjepa_fast.low import x\n", "low.py": "x = 1\n"})
     assert back_arrows(root, read_floors(FLOORS), {}) == ([], set())
+
+
+def test_the_config_schema_is_a_leaf():
+    """Every floor reads the schema (a Config, a ConfigError), so it imports nothing of the project at all."""
+    path = ROOT / "vjepa_fast" / "config" / "schema.py"
+    found = [f"line {line}: {target}" for line, target in imports_of(path, "vjepa_fast.config.schema", modules_of(ROOT))
+             if target == "vjepa_fast" or target.startswith("vjepa_fast.")]
+    assert not found, found
