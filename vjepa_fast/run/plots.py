@@ -1,14 +1,5 @@
-"""Pictures of a run: RUN_DIR/plots/{curves,masks}.png (the command line: vjepa_fast/run/plots.py).
-
-curves.png: from metrics.jsonl against step, one panel per signal the run recorded: loss, learning rate, EMA
-momentum, clips/s, MFU (recorded on GPUs only), the collapse signals (`target_std` / `pred_std`, the spread of the
-features across a clip's tokens, with the `train.collapse_std` warning line; `target_rank` / `context_rank`, the
-effective rank of the features, when the run logs them). A panel with no data is left out.
-masks.png: the frames of a sample clip with each mask configuration drawn over them (context tokens as they are,
-target tokens hatched, tokens in neither dimmed), one row per configuration: V-JEPA's short- and long-range
-multi-block masks, or VideoMAE's tubes, and a legend. Needs matplotlib (`pip install -e .[plots]`); the overlays
-themselves are plain numpy, so TensorBoard shows the same pictures without it.
-"""
+"""Drawing a run's pictures, RUN_DIR/plots/{curves,masks}.png; what each shows and the command that draws them:
+vjepa_fast/plots.py. TensorBoard (tb_log.py) shows the same mask overlays."""
 from __future__ import annotations
 
 import json
@@ -124,7 +115,7 @@ def draw_masks(cfg, out: Path, step: int = 0) -> Path:
         for c in range(cols):
             t = c * grid[0] // cols
             ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
-            ax.imshow(pics[t], interpolation="nearest")  # crisp pixels: the stripes and token edges stay sharp
+            ax.imshow(pics[t])
             # token boundaries as thin lines: the grid the masks are drawn on
             ax.set_xticks(np.arange(0, pics.shape[2] + 1, m.patch_size) - 0.5)
             ax.set_yticks(np.arange(0, pics.shape[1] + 1, m.patch_size) - 0.5)
