@@ -115,7 +115,7 @@ def draw_masks(cfg, out: Path, step: int = 0) -> Path:
         for c in range(cols):
             t = c * grid[0] // cols
             ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
-            ax.imshow(pics[t])
+            ax.imshow(pics[t], interpolation="nearest")  # crisp pixels: the stripes and token edges stay sharp
             # token boundaries as thin lines: the grid the masks are drawn on
             ax.set_xticks(np.arange(0, pics.shape[2] + 1, m.patch_size) - 0.5)
             ax.set_yticks(np.arange(0, pics.shape[1] + 1, m.patch_size) - 0.5)
