@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from vjepa_fast.run import plots as plots_cli
+from vjepa_fast import plots as plots_cli
 from vjepa_fast import train
 from vjepa_fast.run import plots, preflight
 from vjepa_fast.config import load_config
