@@ -31,6 +31,7 @@ import torch
 from vjepa_fast import eval as ev
 from vjepa_fast.config import Config, ConfigError, load_config
 from vjepa_fast.parallel import DistInfo
+from vjepa_fast.user_errors import exit_code
 
 log = logging.getLogger("vjepa_fast.bench_quality")
 
@@ -269,13 +270,12 @@ def run(a: argparse.Namespace) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = run(parse_args(argv))
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    print(markdown(result), end="")
-    return 0
+
+    def body() -> int:
+        print(markdown(run(parse_args(argv))), end="")
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

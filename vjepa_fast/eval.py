@@ -42,7 +42,7 @@ from vjepa_fast import ops
 from vjepa_fast.config import Config, ConfigError, load_config, to_dict
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
-from vjepa_fast.run.preflight import one_line
+from vjepa_fast.user_errors import exit_code
 from vjepa_fast.weights import CheckpointFormatError, read_weights
 from vjepa_fast.weights.load import load_part, open_encoder, pick_encoder, stated_kind
 
@@ -572,35 +572,28 @@ def write_result(result: dict, path: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config_path, overrides, e = parse_args(argv)
-    try:
+
+    def body() -> int:
         validate_eval(e)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("eval runs in one process: launch it with --nproc_per_node=1 or python -m")
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    try:
         ckpt_file, run_cfg = resolve_checkpoint(e.checkpoint) if e.checkpoint else (None, None)
-        if config_path is None and run_cfg is not None:
-            config_path = str(run_cfg)
+        path = config_path
+        if path is None and run_cfg is not None:
+            path = str(run_cfg)
             log.info("model/data config from %s", run_cfg)
         # no run config and no --config: the weights file says what the model is (V-JEPA 2, Hugging Face, ...)
-        arch_from_file = ckpt_file is not None and config_path is None
-        cfg = load_config(config_path, overrides)
-        result = evaluate(cfg, e, ckpt_file, arch_from_file)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointFormatError, ckpt.CheckpointError, FileNotFoundError, EvalError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 1
-    if e.out:
-        write_result(result, e.out)
-        log.info("wrote %s", e.out)
-    spread = f" +- {result['accuracy_std']:.4f} over {e.seeds} seeds" if e.seeds > 1 else ""
-    print(f"top-1 accuracy {result['accuracy']:.4f}{spread} ({result['label']}, {result['val_samples']} val clips, "
-          f"{result['encoder']} encoder{' - random-init baseline' if result['baseline'] else ''})")
-    return 0
+        arch_from_file = ckpt_file is not None and path is None
+        result = evaluate(load_config(path, overrides), e, ckpt_file, arch_from_file)
+        if e.out:
+            write_result(result, e.out)
+            log.info("wrote %s", e.out)
+        spread = f" +- {result['accuracy_std']:.4f} over {e.seeds} seeds" if e.seeds > 1 else ""
+        print(f"top-1 accuracy {result['accuracy']:.4f}{spread} ({result['label']}, {result['val_samples']} val "
+              f"clips, {result['encoder']} encoder{' - random-init baseline' if result['baseline'] else ''})")
+        return 0
+
+    return exit_code(body, (CheckpointFormatError, ckpt.CheckpointError, FileNotFoundError, EvalError))
 
 
 if __name__ == "__main__":

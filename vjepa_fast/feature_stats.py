@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from vjepa_fast.config import Config, ConfigError, load_config
 from vjepa_fast.models.build import build_encoder
-from vjepa_fast.run.preflight import one_line
+from vjepa_fast.run.checkpoint import CheckpointError
+from vjepa_fast.user_errors import exit_code
 from vjepa_fast.weights import CheckpointFormatError
 
 OBJECT_TOKEN = 0.3  # a token is an object token when objects cover at least this share of its pixels
@@ -101,7 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_intermixed_args(argv)
     from vjepa_fast.eval import freeze, load_encoder_weights, resolve_checkpoint
 
-    try:
+    def body() -> int:
         if a.clips < 2:
             raise ConfigError(f"--clips: must be >= 2, got {a.clips}")
         ckpt_file, run_cfg = resolve_checkpoint(a.checkpoint) if a.checkpoint else (None, None)
@@ -111,18 +112,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.manual_seed(cfg.train.seed)
         encoder = build_encoder(cfg)
         which = load_encoder_weights(encoder, ckpt_file, a.use_online_encoder) if ckpt_file else "random"
-        stats = encoder_stats(cfg, freeze(encoder), a.clips)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointFormatError, FileNotFoundError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 1
-    stats = {"encoder": which, "checkpoint": str(ckpt_file) if ckpt_file else None, **stats}
-    if a.out:
-        Path(a.out).write_text(json.dumps(stats, indent=1) + "\n")
-    print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
-    return 0
+        stats = {"encoder": which, "checkpoint": str(ckpt_file) if ckpt_file else None,
+                 **encoder_stats(cfg, freeze(encoder), a.clips)}
+        if a.out:
+            Path(a.out).write_text(json.dumps(stats, indent=1) + "\n")
+        print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+        return 0
+
+    return exit_code(body, (CheckpointFormatError, CheckpointError, FileNotFoundError))
 
 
 if __name__ == "__main__":
