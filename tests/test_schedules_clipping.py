@@ -9,7 +9,7 @@ from vjepa_fast.config import ConfigError, load_config
 from vjepa_fast.run.schedules import Schedules
 from vjepa_fast.train import clip_norm_at, clip_per_module
 
-from test_train import SMALL, _torchrun, make_trainer
+from test_train import assert_two_processes_match_one, make_trainer
 
 
 def test_cosine_schedule_at_the_recipe_points():
@@ -88,13 +88,8 @@ def test_clipping_acts_per_module(tmp_path):
 
 def test_per_module_clipping_under_fsdp2_matches_one_process(tmp_path, subprocess_env):
     """A tiny clip that acts every step, on DTensor gradients sharded over 2 processes, as on 1 process."""
-    common = [s for s in SMALL if not s.startswith("train.batch_size")] + [
-        "train.steps=4", "optim.clip_grad=0.01", "optim.clip_start_step=0", "train.tensorboard=false"]
-    one = _torchrun(1, tmp_path / "one", common + ["train.batch_size=4"], subprocess_env)
-    two = _torchrun(2, tmp_path / "two", common + ["train.batch_size=2"], subprocess_env)
-    assert sorted(one) == sorted(two) == list(range(4))
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    assert_two_processes_match_one(tmp_path, 4, ["optim.clip_grad=0.01", "optim.clip_start_step=0",
+                                                 "train.tensorboard=false"], subprocess_env)
 
 
 def test_a_module_without_gradients_is_skipped(tmp_path):

@@ -21,7 +21,7 @@ from vjepa_fast.models.sigreg import SIGReg, sigreg_directions, sigreg_statistic
 from vjepa_fast.ops import l1_target_loss
 from vjepa_fast.parallel import DistInfo
 
-from test_train import SMALL, _torchrun, losses, make_trainer
+from test_train import SMALL, assert_two_processes_match_one, losses, make_trainer
 
 CPU = torch.device("cpu")
 T64 = torch.linspace(0.0, 3.0, 17, dtype=torch.float64)
@@ -199,13 +199,7 @@ def test_metrics_carry_sigreg_only_when_on(tmp_path):
 def test_fsdp2_two_processes_match_one_with_sigreg(tmp_path, subprocess_env):
     """The term's all-reduced statistic and world-size-scaled gradient give, through FSDP2's gradient averaging,
     the same training as one process on the same global batch."""
-    common = [s for s in SMALL if not s.startswith("train.batch_size")] + ["train.steps=4", "loss.sigreg=0.5",
-                                                                            "train.tensorboard=false"]
-    one = _torchrun(1, tmp_path / "one", common + ["train.batch_size=4"], subprocess_env)
-    two = _torchrun(2, tmp_path / "two", common + ["train.batch_size=2"], subprocess_env)
-    assert sorted(one) == sorted(two) == list(range(4))
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    assert_two_processes_match_one(tmp_path, 4, ["loss.sigreg=0.5", "train.tensorboard=false"], subprocess_env)
 
 
 def test_a_resumed_run_with_sigreg_gives_the_same_losses(tmp_path):
