@@ -54,7 +54,7 @@ def open_dataset(cfg: Config):
 def check_backends(cfg: Config, device: torch.device, dtype: torch.dtype) -> None:
     """Run each forced op backend once on tiny inputs, so one that cannot run here fails now, not inside step 0."""
     from vjepa_fast import ops
-    from vjepa_fast.models.rope import apply_rope_qkv, rope_tables
+    from vjepa_fast.models.rope import rope_tables
     from vjepa_fast.models.vit import VIT_SIZES
     from vjepa_fast.ops import _backend
 
@@ -72,8 +72,8 @@ def check_backends(cfg: Config, device: torch.device, dtype: torch.dtype) -> Non
                                               torch.zeros(2, 8, device=device, dtype=dtype),
                                               torch.tensor([0, 1], device=device), torch.ones(2, device=device)),
         "ema": lambda: ops.ema_update_([torch.zeros(8, device=device)], [torch.zeros(8, device=device)], 0.5),
-        "rope": lambda: apply_rope_qkv(torch.zeros(2, 3, 1, dh, device=device, dtype=dtype),
-                                       rope_tables(torch.tensor([0, 1], device=device), (1, 1, 2), dh)),
+        "rope": lambda: ops.apply_rope_qkv(torch.zeros(2, 3, 1, dh, device=device, dtype=dtype),
+                                           rope_tables(torch.tensor([0, 1], device=device), (1, 1, 2), dh)),
     }
     for op in _backend.op_names():
         name = _backend.forced_backend(op)  # the config's choice, or under `auto` the environment's (ops.configure)
