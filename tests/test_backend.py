@@ -14,6 +14,10 @@ from vjepa_fast import ops
 from vjepa_fast.ops import _backend
 
 
+def _no_probe(device, dtype, head_dim):
+    """The demo ops' probe: they have no public function to run."""
+
+
 @pytest.fixture
 def demo():
     """A registered demo op: `fast` runs on CUDA keys only, `interp` runs anywhere but is never picked on its own."""
@@ -25,7 +29,7 @@ def demo():
 
     op = _backend.Op("demo", _backend.Backend("fast", lambda: "fast", check_fast),
                      _backend.Backend("interp", lambda: "interp", auto=lambda key: "only when forced"),
-                     _backend.Backend("slow", lambda: "slow"))
+                     _backend.Backend("slow", lambda: "slow"), probe=_no_probe)
     yield op, calls
     del _backend._OPS["demo"]
 
@@ -154,7 +158,8 @@ def test_no_environment_reads_on_any_op_call_path(monkeypatch, forced):
 
 def test_the_environment_backend_is_what_auto_means(monkeypatch):
     monkeypatch.setattr(_backend, "ENV", {"VJEPA_FAST_DEMO_BACKEND": "interp"})
-    op = _backend.Op("demo", _backend.Backend("fast", lambda: "fast"), _backend.Backend("interp", lambda: "interp"))
+    op = _backend.Op("demo", _backend.Backend("fast", lambda: "fast"), _backend.Backend("interp", lambda: "interp"),
+                     probe=_no_probe)
     try:
         assert op.forced == "interp" and op.choose(("cpu",)).name == "interp"
         for auto in ("auto", None):  # a config's `auto` (ops.configure) keeps the environment's choice
@@ -168,7 +173,7 @@ def test_the_environment_backend_is_what_auto_means(monkeypatch):
         del _backend._OPS["demo"]
     monkeypatch.setattr(_backend, "ENV", {"VJEPA_FAST_DEMO_BACKEND": "fats"})
     with pytest.raises(ValueError, match="VJEPA_FAST_DEMO_BACKEND: unknown backend 'fats'; choose one of auto, fast"):
-        _backend.Op("demo", _backend.Backend("fast", lambda: "fast"))
+        _backend.Op("demo", _backend.Backend("fast", lambda: "fast"), probe=_no_probe)
     assert "demo" not in _backend.op_names()
 
 
@@ -215,6 +220,17 @@ def test_preflight_names_the_environment_variable_whose_backend_cannot_run(monke
     words = r"VJEPA_FAST_GATHER_BACKEND=cuda \(what backends.gather=auto means here\) cannot run here .*; unset VJEPA"
     with pytest.raises(preflight.RunError, match=words):
         preflight.check_backends(cfg, torch.device("cpu"), torch.float32)
+
+
+def test_every_op_carries_a_probe_that_runs_it(monkeypatch):
+    """Preflight runs a forced backend through the probe its op registered with its backends (an op cannot be
+    registered without one): each probe must call its op, i.e. ask the registry for a backend, on this machine."""
+    assert set(_backend.op_names()) >= {"gather", "attention", "dense_attention", "l1_loss", "ema", "rope"}
+    for op in _backend.op_names():
+        registered = _backend._op(op)
+        monkeypatch.setattr(registered, "chosen", {})
+        _backend.run_probe(op, torch.device("cpu"), torch.float32, 64)
+        assert registered.chosen, f"{op}: its probe never asked the registry for a backend"
 
 
 def test_every_forced_triton_backend_imports_its_kernels(subprocess_env):

@@ -100,9 +100,15 @@ def _triton_not_chosen(_device: str) -> Optional[str]:
     return "opt-in until a GPU benchmark shows it pays"
 
 
+def _probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    # two rows of one head of the model's width, turned by angle 0 (the kernel does the same work for any angle)
+    tables = RopeTables(torch.ones(2, head_dim, device=device), torch.zeros(2, head_dim, device=device))
+    apply_rope_qkv(torch.zeros(2, 3, 1, head_dim, device=device, dtype=dtype), tables)
+
+
 # `torch` is the automatic choice, `triton` is taken only when forced.
 ROPE = _backend.Op(OP, _backend.Backend("torch", _run_torch),
-                   _backend.Backend("triton", _run_triton, _triton_reason, _triton_not_chosen))
+                   _backend.Backend("triton", _run_triton, _triton_reason, _triton_not_chosen), probe=_probe)
 
 
 # ----------------------------------------------------------------------------------------------------------------
