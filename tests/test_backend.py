@@ -138,11 +138,11 @@ class _CountingEnviron(dict):
 @pytest.mark.parametrize("forced", [None, "reference"])
 def test_no_environment_reads_on_any_op_call_path(monkeypatch, forced):
     calls = _ops_calls()
-    from conftest import set_backend_for_test
+    from conftest import force_backend
 
     if forced:
         for op in ("gather", "attention", "dense_attention", "l1_loss", "ema"):
-            set_backend_for_test(op, forced, monkeypatch)
+            force_backend(op, forced, monkeypatch)
     for call in calls:  # first calls: lazy imports and backend resolution may look around
         call()
     counting = _CountingEnviron(os.environ)
@@ -231,6 +231,36 @@ def test_every_op_carries_a_probe_that_runs_it(monkeypatch):
         monkeypatch.setattr(registered, "chosen", {})
         _backend.run_probe(op, torch.device("cpu"), torch.float32, 64)
         assert registered.chosen, f"{op}: its probe never asked the registry for a backend"
+
+
+# The kernel module of each op's `triton` backend: a new op with one must be listed (the test below fails until it is).
+TRITON_KERNELS = {"attention": "vjepa_fast.ops.triton_flash_varlen",
+                  "dense_attention": "vjepa_fast.ops.triton_flash_varlen",
+                  "l1_loss": "vjepa_fast.ops.triton_l1_loss", "rope": "vjepa_fast.ops.triton_rope"}
+
+
+@pytest.mark.parametrize("op", [op for op in _backend.op_names() if "triton" in _backend.backend_names(op)])
+def test_a_triton_backend_forced_by_the_test_helper_launches_its_kernels(op, monkeypatch):
+    """Issue 23's bug: a test switched the rope backend through an environment variable, which is read once at
+    import, so it compared the torch path with itself and the Triton kernel never ran. A Triton backend forced
+    through conftest.force_backend must launch its op's own kernels when the op runs (its probe), and on the CPU,
+    where the automatic choice never interprets, only the forcing may bring them in."""
+    from conftest import force_backend
+    from kernel_hooks import launched_kernels
+
+    pytest.importorskip("triton")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        force_backend(op, "auto", monkeypatch)
+        with launched_kernels() as launched:
+            _backend.run_probe(op, device, torch.float32, 64)
+        assert launched == [], f"{op}: the automatic choice launched {launched} on the CPU"
+    force_backend(op, "triton", monkeypatch)
+    with launched_kernels() as launched:
+        _backend.run_probe(op, device, torch.float32, 64)
+    assert op in TRITON_KERNELS, f"{op} has a triton backend: add its kernel module to TRITON_KERNELS"
+    assert launched and {k.rpartition(".")[0] for k in launched} == {TRITON_KERNELS[op]}, (op, launched)
+    assert TRITON_KERNELS[op] in sys.modules
 
 
 def test_every_forced_triton_backend_imports_its_kernels(subprocess_env):
