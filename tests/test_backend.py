@@ -2,6 +2,7 @@
 on any op's call path, and what a run chose."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -261,6 +262,24 @@ def test_a_triton_backend_forced_by_the_test_helper_launches_its_kernels(op, mon
     assert op in TRITON_KERNELS, f"{op} has a triton backend: add its kernel module to TRITON_KERNELS"
     assert launched and {k.rpartition(".")[0] for k in launched} == {TRITON_KERNELS[op]}, (op, launched)
     assert TRITON_KERNELS[op] in sys.modules
+
+
+@pytest.mark.parametrize("op", [op for op in _backend.op_names() if "triton" in _backend.backend_names(op)])
+def test_every_triton_backend_follows_the_one_triton_rule(op, monkeypatch):
+    """'Triton installed' and 'the CPU only under the interpreter' are written once (ops/_triton.py): every op's
+    forced `triton` backend refuses the CPU without the interpreter, and any device without triton, in those words."""
+    from conftest import force_backend
+    from vjepa_fast.ops import _triton
+
+    force_backend(op, "triton", monkeypatch)
+    monkeypatch.setattr(_backend, "INTERPRET", False)  # as if TRITON_INTERPRET was unset when vjepa_fast was imported
+    forced = f"{op}: backend 'triton' was forced but cannot run on .*: "
+    with pytest.raises(RuntimeError, match=forced + re.escape(_triton.NEEDS_INTERPRETER)):
+        _backend.run_probe(op, torch.device("cpu"), torch.float32, 64)
+    monkeypatch.setattr(_triton, "INSTALLED", False)
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        with pytest.raises(RuntimeError, match=forced + "triton is not installed"):
+            _backend.run_probe(op, torch.device(device), torch.float32, 64)
 
 
 def test_every_forced_triton_backend_imports_its_kernels(subprocess_env):

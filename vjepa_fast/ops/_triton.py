@@ -9,17 +9,44 @@
   fake, since the interpreter cannot run on fake tensors (this keeps opcheck and torch.compile working on the CPU).
 - `launch(kernel, grid, *args, **meta)` goes through `wrap_triton` when compiled (so torch.compile and make_fx see
   the kernel) and calls the kernel directly when interpreted.
+
+And the two rules every op's `triton` backend follows, written once here:
+- `device_reason(device)`: whether Triton kernels can run on tensors of that device type in this process (triton
+  installed; CUDA, or the CPU under the interpreter), for the backend's check;
+- `interpreted_only_when_forced(key)`: the backend's `auto` check, so that automatic choice never picks the (very
+  slow) interpreter and only forcing the backend brings it in.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Hashable, Optional
 
 import torch
 
 from vjepa_fast.ops import _backend
+
+# Looked up once, at import: find_spec imports nothing, and it must not run while torch.compile traces a check.
+INSTALLED = importlib.util.find_spec("triton") is not None
+NEEDS_INTERPRETER = "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 when vjepa_fast is imported)"
+
+
+def device_reason(device: str) -> Optional[str]:
+    """Why Triton kernels cannot run on tensors of device type `device` in this process (None if they can)."""
+    if not INSTALLED:
+        return "triton is not installed"
+    if device == "cuda":
+        return None
+    if device == "cpu":
+        return None if _backend.INTERPRET else NEEDS_INTERPRETER
+    return f"needs a CUDA tensor (or CPU under TRITON_INTERPRET=1), got {device}"
+
+
+def interpreted_only_when_forced(key: Hashable) -> Optional[str]:
+    """The `auto` check of a `triton` backend (`key` starts with the device type, as every op's key does)."""
+    return "the interpreter is used only when forced" if key[0] == "cpu" else None
 
 
 def load(name: str) -> ModuleType:
@@ -56,6 +83,5 @@ def launch(kernel, grid, *args, **meta) -> None:
         kernel[grid](*args, **meta)
         return
     if args[0].device.type != "cuda":
-        raise RuntimeError("vjepa_fast: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 before "
-                           "vjepa_fast is imported")
+        raise RuntimeError(f"vjepa_fast: {device_reason(args[0].device.type)}")
     torch.library.wrap_triton(kernel)[grid](*args, **meta)

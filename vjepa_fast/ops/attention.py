@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from vjepa_fast.ops import _backend
+from vjepa_fast.ops import _backend, _triton
 
 OP = "attention"
 DENSE_OP = "dense_attention"
@@ -150,7 +150,7 @@ def _dense_sdpa(qkv: torch.Tensor, seqlen: int) -> torch.Tensor:
 # (device type, dtype, head dim) and returns None when the backend can run on such inputs, else the reason.
 
 # Looked up once at import: find_spec is cheap (it imports nothing) and must not run under torch.compile's tracing.
-_INSTALLED = {m: importlib.util.find_spec(m) is not None for m in ("triton", "flash_attn", "xformers")}
+_INSTALLED = {m: importlib.util.find_spec(m) is not None for m in ("flash_attn", "xformers")}  # triton: _triton
 try:
     from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn  # torch >= 2.10
 except ImportError:
@@ -158,34 +158,21 @@ except ImportError:
 
 
 def _kernels():
-    # Imported on first use: importing it imports triton and builds the kernels (ops/_triton.py).
-    from vjepa_fast.ops import _triton
-
-    return _triton.load("triton_flash_varlen")
+    return _triton.load("triton_flash_varlen")  # imports triton and builds the kernels on first use
 
 
 def _triton_reason(key) -> Optional[str]:
     device, dtype, Dh = key
-    if not _INSTALLED["triton"]:
-        return "triton is not installed"
+    reason = _triton.device_reason(device)
+    if reason is not None:
+        return reason
     if Dh > 128:
         return f"head dim {Dh} > 128 is not supported by the Triton kernels"
-    if device == "cuda":
-        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            return f"dtype {dtype} is not supported (float16, bfloat16, float32)"
-        return None
-    if device != "cpu":
-        return f"needs a CUDA tensor (or CPU under TRITON_INTERPRET=1), got {device}"
-    if not _backend.INTERPRET:
-        return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 when vjepa_fast is imported)"
-    if dtype not in (torch.float16, torch.float32):
+    if device == "cuda" and dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {dtype} is not supported (float16, bfloat16, float32)"
+    if device == "cpu" and dtype not in (torch.float16, torch.float32):
         return f"the Triton interpreter runs float32/float16 only, got {dtype}"
     return None
-
-
-def _not_interpreted(key) -> Optional[str]:
-    # Automatic choice never picks the (very slow) interpreter; forcing the backend does.
-    return "the interpreter is used only when forced" if key[0] == "cpu" else None
 
 
 def _cuda_16bit_reason(key) -> Optional[str]:
@@ -200,7 +187,7 @@ def _cuda_16bit_reason(key) -> Optional[str]:
 def _dense_triton_auto(key) -> Optional[str]:
     # Dense case: the kernel is chosen automatically only where it measured faster than SDPA (16-bit on CUDA,
     # benchmarks/results/); SDPA elsewhere.
-    return _not_interpreted(key) or _cuda_16bit_reason(key)
+    return _triton.interpreted_only_when_forced(key) or _cuda_16bit_reason(key)
 
 
 def _flash_attn_reason(key) -> Optional[str]:
@@ -291,8 +278,8 @@ def _dense_probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> Non
 
 
 # Packed sequences of any lengths, fastest first on CUDA.
-VARLEN = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _not_interpreted), *_OTHERS,
-                     probe=_probe)
+VARLEN = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _triton.interpreted_only_when_forced),
+                     *_OTHERS, probe=_probe)
 # The dense case (every sequence uniform_len long): our kernel for 16-bit CUDA tensors, else one batched SDPA call;
 # any varlen backend may be forced.
 DENSE = _backend.Op(DENSE_OP, _backend.Backend("triton", _run_triton, _triton_reason, _dense_triton_auto),

@@ -8,7 +8,6 @@ Backends, fastest first: `triton` (one fused pass, vjepa_fast/ops/triton_l1_loss
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
@@ -34,26 +33,13 @@ def l1_target_loss_reference(z: torch.Tensor, h: torch.Tensor, rows: torch.Tenso
 # Backends (key: device type, row width D)
 # ----------------------------------------------------------------------------------------------------------------
 
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-
 def _triton_reason(key) -> Optional[str]:
-    """Why the Triton path cannot run on such inputs (None if it can): CUDA, or CPU under TRITON_INTERPRET=1."""
+    """Why the Triton path cannot run on such inputs (None if it can)."""
     device, D = key
-    if not _HAS_TRITON:
-        return "triton is not installed"
-    if D > MAX_D:
-        return f"the triton backend supports D <= {MAX_D}, got D = {D}"
-    if device == "cuda":
-        return None
-    if device == "cpu":
-        return None if _backend.INTERPRET else "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
-    return f"needs a CUDA tensor, got {device}"
-
-
-def _not_interpreted(key) -> Optional[str]:
-    # Automatic choice never picks the (very slow) interpreter; forcing the backend does.
-    return "the interpreter is used only when forced" if key[0] == "cpu" else None
+    reason = _triton.device_reason(device)
+    if reason is None and D > MAX_D:
+        reason = f"the triton backend supports D <= {MAX_D}, got D = {D}"
+    return reason
 
 
 def _run_triton(z, h, rows, row_weight, eps):
@@ -70,7 +56,7 @@ def _probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
     l1_target_loss(z, torch.zeros_like(z), torch.tensor([0, 1], device=device), torch.ones(2, device=device))
 
 
-L1_LOSS = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _not_interpreted),
+L1_LOSS = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _triton.interpreted_only_when_forced),
                       _backend.Backend("reference", _run_reference), probe=_probe)
 
 

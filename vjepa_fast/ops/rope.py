@@ -19,7 +19,6 @@ VJEPA_FAST_ROPE_BACKEND=triton until a GPU benchmark shows it pays).
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import NamedTuple, Optional
 
 import torch
@@ -88,14 +87,6 @@ def _run_triton(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return _triton.load("triton_rope").rope_qkv_triton(qkv, cos, sin)
 
 
-def _triton_reason(device: str) -> Optional[str]:
-    if device != "cuda" and not _backend.INTERPRET:
-        return "needs a CUDA tensor (or TRITON_INTERPRET=1)"
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    return None
-
-
 def _triton_not_chosen(_device: str) -> Optional[str]:
     return "opt-in until a GPU benchmark shows it pays"
 
@@ -108,7 +99,7 @@ def _probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
 
 # `torch` is the automatic choice, `triton` is taken only when forced.
 ROPE = _backend.Op(OP, _backend.Backend("torch", _run_torch),
-                   _backend.Backend("triton", _run_triton, _triton_reason, _triton_not_chosen), probe=_probe)
+                   _backend.Backend("triton", _run_triton, _triton.device_reason, _triton_not_chosen), probe=_probe)
 
 
 # ----------------------------------------------------------------------------------------------------------------
