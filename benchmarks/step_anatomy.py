@@ -61,14 +61,19 @@ ORDER = ("data", "target", "context", "predictor", "loss", "backward", *BACKWARD
 ADAMW_ACCESSES = 7  # fused AdamW per element: reads param, grad, exp_avg, exp_avg_sq; writes the three states
 
 
+def _sibling(name: str):
+    """benchmarks/<name>.py, loaded by its path: the tests load this script too, without benchmarks/ on sys.path."""
+    spec = importlib.util.spec_from_file_location(f"vjepa_fast_bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _load_roofline(device: torch.device) -> dict:
     saved = os.environ.get("VJEPA_FAST_ROOFLINE_JSON")
     if saved and Path(saved).is_file():
         return json.loads(Path(saved).read_text())
-    spec = importlib.util.spec_from_file_location("vjepa_fast_bench_roofline", HERE / "roofline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.measure(device)
+    return _sibling("roofline").measure(device)
 
 
 class Clock:
@@ -277,7 +282,8 @@ def render(result: dict) -> str:
 
 def run(config: Optional[str], overrides: list[str], steps: int, warmup: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with tempfile.TemporaryDirectory() as run_dir:
+    # The Trainer applies its config's backends, process-wide: forced_backends leaves the process as it was.
+    with tempfile.TemporaryDirectory() as run_dir, _sibling("forced_backends").forced_backends():
         # No log or checkpoint step among the few measured ones (the loop reads numbers back only there, once per
         # train.log_every steps): the rows show the steady step. An override on the command line still wins.
         quiet = [f"train.log_every={QUIET_STEPS}", f"train.ckpt_every={QUIET_STEPS}"]
@@ -289,13 +295,9 @@ def run(config: Optional[str], overrides: list[str], steps: int, warmup: int) ->
         loader = make_loader(build_dataset(cfg.data, t.seed), collate, t.batch_size, 0, 1, 0, NUM_BATCHES, t.seed,
                              0, pin_memory=device.type == "cuda")
         batches = list(loader)
-        try:
-            measured = measure(trainer, batches, steps, warmup, device)
-            work = phase_work(trainer, batches[0])
-            dense = ops._backend.forced_backend("dense_attention") or "auto"
-        finally:
-            for op in ops._backend.op_names():  # set_backend is process-wide: leave the process as it was
-                ops.set_backend(op, None)
+        measured = measure(trainer, batches, steps, warmup, device)
+        work = phase_work(trainer, batches[0])
+        dense = ops._backend.forced_backend("dense_attention") or "auto"
     roofline = _load_roofline(device)
     step_s, busy = measured["step_s"], measured["gpu_busy_s"]
     return {

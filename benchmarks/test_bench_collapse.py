@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -
 
 from vjepa_fast.run.collapse import RANK_ROWS, CollapseWatch  # noqa: E402
 from vjepa_fast.models.sigreg import SIGReg  # noqa: E402
-from test_bench_train_step import CUDA, ROUNDS, _free, _reset_backends, _runner  # noqa: E402
+from forced_backends import forced_backends  # noqa: E402
+from test_bench_train_step import CUDA, ROUNDS, _free, _runner  # noqa: E402
 
 _MEDIANS: dict[str, float] = {}  # row -> median seconds, measured earlier in this session
 _SHAPES: dict[str, object] = {}  # the step's shapes: context rows, width, log_every
@@ -48,18 +49,18 @@ def _step_row(benchmark, device, tmp_path, row: str, monkeypatch) -> None:
 
         monkeypatch.setattr(sys.modules["test_bench_train_step"], "_config",
                             lambda v, b, d: _with_sigreg(base_config(v, b, d)))
-    runner = _runner("vjepa_fast_compiled" if CUDA else "vjepa_fast", device, tmp_path)
-    try:
-        benchmark.pedantic(runner.step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        assert runner.skipped == 0
-        batch = runner.batches[0]
-        _SHAPES.update(ctx_rows=int(batch.masks.ctx_rows.numel()), width=runner.trainer.model.encoder.embed_dim,
-                       log_every=runner.cfg.train.log_every, batch_size=runner.cfg.train.batch_size)
-        _record(benchmark, row, runner.cfg.model.size)
-    finally:
-        _reset_backends(runner.cfg)
-        del runner
-        _free()
+    with forced_backends():  # the Trainer applies its config's backends, process-wide: not past this row
+        runner = _runner("vjepa_fast_compiled" if CUDA else "vjepa_fast", device, tmp_path)
+        try:
+            benchmark.pedantic(runner.step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+            assert runner.skipped == 0
+            batch = runner.batches[0]
+            _SHAPES.update(ctx_rows=int(batch.masks.ctx_rows.numel()), width=runner.trainer.model.encoder.embed_dim,
+                           log_every=runner.cfg.train.log_every, batch_size=runner.cfg.train.batch_size)
+            _record(benchmark, row, runner.cfg.model.size)
+        finally:
+            del runner
+            _free()
 
 
 def _with_sigreg(cfg):

@@ -33,8 +33,8 @@ import pytest
 import torch
 
 from vjepa_fast.models.vit import VisionTransformer  # noqa: E402
-from vjepa_fast.ops import _backend  # noqa: E402
 from vjepa_fast.ops import ema as E  # noqa: E402
+from forced_backends import forced_backends  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -108,9 +108,7 @@ def test_bench_ema_update(benchmark, roofline, params, source, variant):
     targets, sources = params["targets"], params[source]
     update = _update(variant)
     forced = variant in (FAST, FLAGGED)
-    if forced:
-        _backend.set_backend(E.OP, FAST)
-    try:
+    with forced_backends({E.OP: FAST} if forced else None):
         backend = E.EMA.choose((DEVICE, E._check(targets, sources, MOMENTUM))).name if forced else variant
 
         # One checked update on copies first: a fast wrong answer is no result. The tolerance allows for the
@@ -127,8 +125,6 @@ def test_bench_ema_update(benchmark, roofline, params, source, variant):
         benchmark.pedantic(_timed_target(lambda: update(targets, sources), CALLS), warmup_rounds=WARMUP,
                            rounds=ROUNDS, iterations=CALLS)
         _sync()  # --benchmark-disable runs one call and no round end
-    finally:
-        _backend.set_backend(E.OP, None)  # set_backend is process-wide: do not leak into the next row
 
     values = sum(t.numel() for t in targets)
     info = dict(

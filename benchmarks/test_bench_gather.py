@@ -36,6 +36,7 @@ import torch
 
 from vjepa_fast.masks import MultiBlockMasker, pack_masks  # noqa: E402
 from vjepa_fast.ops import gather as G  # noqa: E402
+from forced_backends import forced_backends  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -122,9 +123,7 @@ def _bytes(mode: str, rows: torch.Tensor, pos: torch.Tensor, tokens: torch.Tenso
 def test_bench_context_gather(benchmark, roofline, inputs, mode, variant):
     rows, pos, tokens, grads = inputs
     op = _op(variant)
-    if variant == FAST:
-        G.GATHER.force(FAST)
-    try:
+    with forced_backends({G.OP: FAST} if variant == FAST else None):
         backend = G.GATHER.choose((DEVICE, DTYPE)).name if variant == FAST else variant
         # Leaves that require grad share the tokens' storage (fwdbwd); the forward rows read plain tensors.
         leaves = [t.detach().requires_grad_(True) for t in tokens] if mode == "fwdbwd" else tokens
@@ -152,8 +151,6 @@ def test_bench_context_gather(benchmark, roofline, inputs, mode, variant):
         _sync()
         benchmark.pedantic(_timed_target(call, CALLS), warmup_rounds=WARMUP, rounds=ROUNDS, iterations=CALLS)
         _sync()  # --benchmark-disable runs one call and no round end
-    finally:
-        G.GATHER.force(None)  # a forced backend is process-wide: do not leak into the next row
 
     info = dict(
         variant=variant, mode=mode, backend=backend, device=torch.cuda.get_device_name() if CUDA else "cpu",

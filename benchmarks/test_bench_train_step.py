@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -
 from vjepa_fast import ops  # noqa: E402
 from vjepa_fast.config import load_config  # noqa: E402
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader  # noqa: E402
+from forced_backends import forced_backends  # noqa: E402
 from reference_style import ReferenceStyleVJEPA  # noqa: E402
 from vjepa_fast.parallel import DistInfo  # noqa: E402
 from vjepa_fast.train import Trainer  # noqa: E402
@@ -139,24 +140,20 @@ def _runner(variant: str, device: torch.device, run_dir: Path) -> StepRunner:
     raise RuntimeError(f"{variant}: out of memory even at batch {BATCH_SIZES[-1]}")
 
 
-def _reset_backends(cfg) -> None:
-    ops.configure(type(cfg.backends)())  # forced backends are process-wide: do not leak into the next row
-
-
 @pytest.mark.benchmark(group="train_step")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bench_train_step(benchmark, device, roofline, tmp_path, variant):
-    runner = _runner(variant, device, tmp_path)
-    try:
-        if CUDA:
-            torch.cuda.reset_peak_memory_stats(device)
-        benchmark.pedantic(runner.step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        assert runner.skipped == 0, f"{runner.skipped} steps skipped (non-finite loss or gradient)"
-        _record(benchmark, runner, variant, roofline)
-    finally:
-        _reset_backends(runner.cfg)
-        del runner
-        _free()
+    with forced_backends():  # the Trainer applies its config's backends, process-wide: not past this row
+        runner = _runner(variant, device, tmp_path)
+        try:
+            if CUDA:
+                torch.cuda.reset_peak_memory_stats(device)
+            benchmark.pedantic(runner.step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+            assert runner.skipped == 0, f"{runner.skipped} steps skipped (non-finite loss or gradient)"
+            _record(benchmark, runner, variant, roofline)
+        finally:
+            del runner
+            _free()
 
 
 def _record(benchmark, runner: StepRunner, variant: str, roofline: dict) -> None:

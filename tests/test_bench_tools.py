@@ -98,3 +98,23 @@ def test_tune_attention_smoke(tmp_path):
     assert trials and all(t.get("ok") for t in trials), trials
     assert all(max(t["rel_err"].values()) < 1e-2 for t in trials)
     assert any(t["config"].get("EXP2_POLY") for t in trials if t["kernel"] == "fwd")  # the switch's path ran
+
+
+def test_forced_backends_hands_the_next_row_the_process_as_it_found_it():
+    """benchmarks/forced_backends.py: the choices hold inside the block; after it, however it ends, every op's forced
+    choice and the attention settings are back, including those changed inside (as a Trainer's ops.configure does)."""
+    from vjepa_fast.ops import _backend
+
+    forced_backends = _load("forced_backends").forced_backends
+    ops = _backend.op_names()
+    before = {op: _backend.forced_backend(op) for op in ops}
+    settings = (_backend.attention_backward, _backend.attention_tuning)
+    with pytest.raises(KeyError, match="row failed"):
+        with forced_backends({"gather": "reference", "l1_loss": "reference"}):
+            assert _backend.forced_backend("gather") == _backend.forced_backend("l1_loss") == "reference"
+            _backend.set_backend("attention", "reference")  # made inside the block, by whatever the row runs
+            _backend.set_attention_backward("atomic" if settings[0] == "split" else "split")
+            _backend.set_attention_tuning("elsewhere.json")
+            raise KeyError("row failed")
+    assert {op: _backend.forced_backend(op) for op in ops} == before
+    assert (_backend.attention_backward, _backend.attention_tuning) == settings
