@@ -2,7 +2,7 @@
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a file (torchrun vjepa_fast/eval/__main__.py): import the package, not the folder
+if __package__ in (None, ""):  # run as a file (torchrun vjepa_fast/eval/__main__.py): import the package
     _here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0]) == _here:
         sys.path.pop(0)
