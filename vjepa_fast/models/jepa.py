@@ -17,7 +17,7 @@ from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
 from vjepa_fast.models.sigreg import SIGReg
 from vjepa_fast.models.vit import stack_dims
 from vjepa_fast.ops import l1_target_loss
-from vjepa_fast.run.profiling import nvtx_range
+from vjepa_fast.profiling import nvtx_range
 
 
 class VJEPA(nn.Module):
