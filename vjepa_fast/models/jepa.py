@@ -10,7 +10,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from vjepa_fast.run.collapse import rank_rows, token_std
+from vjepa_fast.models.collapse_stats import rank_rows, token_std
 from vjepa_fast.models.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
