@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from vjepa_fast.run import dcp_safe, shard_sums
-from vjepa_fast.run.preflight import RunError
+from vjepa_fast.user_errors import RunError
 
 log = logging.getLogger(__name__)
 
