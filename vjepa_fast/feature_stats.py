@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vjepa_fast.config import Config, ConfigError, load_config
 from vjepa_fast.models.build import build_encoder
-from vjepa_fast.run.checkpoint import CheckpointError
+from vjepa_fast.weights.training_checkpoint import CheckpointError
 from vjepa_fast.user_errors import exit_code
 from vjepa_fast.weights import CheckpointFormatError
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from vjepa_fast import float8, ops
 from vjepa_fast.run import checkpoint, preflight
-from vjepa_fast.run.checkpoint import CheckpointError
+from vjepa_fast.weights.training_checkpoint import CheckpointError
 from vjepa_fast.run.collapse import CollapseWatch
 from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
 from vjepa_fast.data.loader import BatchStream, DataLoadError, MaskCollate, make_loader

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from vjepa_fast.run import checkpoint as ckpt
+from vjepa_fast.weights import training_checkpoint as ckpt
 from vjepa_fast.weights import CheckpointFormatError, read_weights
 from vjepa_fast.weights.load import load_part, pick_encoder, stated_kind
 

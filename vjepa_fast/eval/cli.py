@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from vjepa_fast.run import checkpoint as ckpt
+from vjepa_fast.weights import training_checkpoint as ckpt
 from vjepa_fast.config import ConfigError, load_config
 from vjepa_fast.eval.checkpoint import resolve_checkpoint
 from vjepa_fast.eval.options import LABELS, EvalConfig, EvalError, validate_eval
