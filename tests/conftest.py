@@ -35,9 +35,13 @@ def subprocess_env():
 
 
 def force_backend(op: str, name: str, monkeypatch) -> str:
-    """Force `name` for `op` in one test; C++ backends need the built extension (CUDA ones a GPU, else skip), Triton
-    ones triton (skip without it). Environment variables cannot do this: they are read once, at import."""
+    """Force backend `name` (or "auto") for `op` until the test ends, when the op's forced choice and its cache are
+    restored: the one way a test picks a backend. C++ backends need the built extension (CUDA ones a GPU, else skip),
+    Triton ones triton (skip without it). Environment variables cannot do this: they are read once, at import, so a
+    test that sets one would silently compare a path with itself (tests/test_backend.py checks that a Triton backend
+    forced here launches its kernels)."""
     from vjepa_fast import _ext
+    from vjepa_fast.ops import _backend
 
     if name == "triton":
         pytest.importorskip("triton")
@@ -49,15 +53,8 @@ def force_backend(op: str, name: str, monkeypatch) -> str:
         if not torch.cuda.is_available():
             pytest.skip("needs CUDA")
         assert _ext.has_cuda_kernels(), "CUDA is available but vjepa_fast._C has no CUDA kernels"
-    set_backend_for_test(op, name, monkeypatch)
-    return name
-
-
-def set_backend_for_test(op: str, name: str, monkeypatch) -> None:
-    """Force `name` for `op` until the test ends (the op's forced choice and its cache are restored then)."""
-    from vjepa_fast.ops import _backend
-
     registered = _backend._op(op)
     monkeypatch.setattr(registered, "forced", registered.forced)
     monkeypatch.setattr(registered, "chosen", {})
     registered.force(name)
+    return name

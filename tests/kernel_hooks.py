@@ -6,12 +6,15 @@
 - `attention_backward(mode)`: run the attention backward's "split" or "atomic" dQ path for the duration;
 - `block_sizes(**per_kernel)`: the attention kernels named launch with these options (block sizes, MAX_PROGRAMS,
   EXP2_POLY) instead of the tuned ones, e.g. `block_sizes(fwd={"BLOCK_M": 16, "BLOCK_N": 32})` (it replaces
-  flash_tuning.config, the one lookup the launches make, for the duration).
+  flash_tuning.config, the one lookup the launches make, for the duration);
+- `launched_kernels()`: the Triton kernels launched for the duration, compiled or interpreted, as
+  "module.kernel" names (it wraps the launch of triton's JITFunction and InterpretedFunction, which every launch
+  reaches: `kernel[grid](...)` directly or through torch's wrap_triton).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, List
 
 import torch
 
@@ -55,3 +58,27 @@ def block_sizes(**per_kernel: dict) -> Iterator[None]:
         yield
     finally:
         flash_tuning.config = tuned
+
+
+@contextlib.contextmanager
+def launched_kernels() -> Iterator[List[str]]:
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    launched: List[str] = []
+    originals = {cls: cls.__dict__["run"] for cls in (JITFunction, InterpretedFunction)}
+
+    def recording(run):
+        def run_and_record(self, *args, **kwargs):
+            if not kwargs.get("warmup"):
+                launched.append(f"{self.fn.__module__}.{self.fn.__name__}")
+            return run(self, *args, **kwargs)
+        return run_and_record
+
+    for cls, run in originals.items():
+        cls.run = recording(run)
+    try:
+        yield launched
+    finally:
+        for cls, run in originals.items():
+            cls.run = run

@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from conftest import set_backend_for_test  # noqa: E402
+from conftest import force_backend  # noqa: E402
 from kernel_hooks import attention_backward, block_sizes, poison_outputs  # noqa: E402
 
 from vjepa_fast.ops import _backend, _triton, flash_tuning  # noqa: E402
@@ -53,8 +53,8 @@ def _one_blas_thread():
 
 @pytest.fixture
 def triton_backend(monkeypatch):
-    set_backend_for_test(A.OP, "triton", monkeypatch)
-    set_backend_for_test(A.DENSE_OP, "auto", monkeypatch)
+    force_backend(A.OP, "triton", monkeypatch)
+    force_backend(A.DENSE_OP, "auto", monkeypatch)
 
 
 def _batch(lens, H, Dh, dtype, seed, device=DEVICE):
@@ -251,13 +251,10 @@ def test_empty_inputs(triton_backend):
     torch.testing.assert_close(dqkv[:, 2], dout, rtol=1e-6, atol=1e-6)
 
 
-def test_sdpa_padded_matches_fp64():
+def test_sdpa_padded_matches_fp64(monkeypatch):
     qkv, cu, max_len, dout = _batch(LENS, 2, 24, torch.float32, seed=9)
-    _backend.set_backend(A.OP, "sdpa_padded")
-    try:
-        out, dqkv = _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_len), qkv, dout)
-    finally:
-        _backend.set_backend(A.OP, None)
+    force_backend(A.OP, "sdpa_padded", monkeypatch)
+    out, dqkv = _fwd_bwd(lambda x: A.varlen_attention(x, cu, max_len), qkv, dout)
     truth_out, truth_d = _ref(qkv, cu, dout)
     same_out, same_d = _ref(qkv, cu, dout, torch.float32)
     _assert_rule("out", out, same_out, truth_out)
@@ -265,35 +262,29 @@ def test_sdpa_padded_matches_fp64():
 
 
 @pytest.mark.parametrize("dense", ["sdpa", "triton"])
-def test_dense_path(dense):
+def test_dense_path(dense, monkeypatch):
     qkv, _, _, dout = _batch([40, 40, 40], 2, 24, torch.float32, seed=10)
     cu = torch.arange(4, dtype=torch.int32, device=DEVICE) * 40
-    _backend.set_backend(A.DENSE_OP, dense)
-    try:
-        out, dqkv = _fwd_bwd(lambda x: A.varlen_attention(x, cu, 40, uniform_len=40), qkv, dout)
-    finally:
-        _backend.set_backend(A.DENSE_OP, None)
+    force_backend(A.DENSE_OP, dense, monkeypatch)
+    out, dqkv = _fwd_bwd(lambda x: A.varlen_attention(x, cu, 40, uniform_len=40), qkv, dout)
     truth_out, truth_d = _ref(qkv, cu, dout)
     same_out, same_d = _ref(qkv, cu, dout, torch.float32)
     _assert_rule("out", out, same_out, truth_out)
     _assert_rule("dqkv", dqkv, same_d, truth_d)
 
 
-def test_dense_sdpa_cudnn_is_forced_only():
+def test_dense_sdpa_cudnn_is_forced_only(monkeypatch):
     """SDPA's cuDNN kernel for the dense pass: never the automatic choice; forced on the CPU, the reason; on a GPU
     (16-bit) the same answer as plain SDPA."""
     qkv = torch.randn(80, 3, 2, 64, device=DEVICE, dtype=torch.float16 if DEVICE == "cuda" else torch.float32)
     cu = torch.tensor([0, 40, 80], dtype=torch.int32, device=DEVICE)
     assert A.DENSE.choose(A.backend_key(qkv)).name != "sdpa_cudnn"
-    _backend.set_backend(A.DENSE_OP, "sdpa_cudnn")
-    try:
-        if DEVICE == "cpu":
-            with pytest.raises(RuntimeError, match="sdpa_cudnn.*needs a CUDA tensor"):
-                A.varlen_attention(qkv, cu, 40, uniform_len=40)
-            return
-        got = A.varlen_attention(qkv, cu, 40, uniform_len=40)
-    finally:
-        _backend.set_backend(A.DENSE_OP, None)
+    force_backend(A.DENSE_OP, "sdpa_cudnn", monkeypatch)
+    if DEVICE == "cpu":
+        with pytest.raises(RuntimeError, match="sdpa_cudnn.*needs a CUDA tensor"):
+            A.varlen_attention(qkv, cu, 40, uniform_len=40)
+        return
+    got = A.varlen_attention(qkv, cu, 40, uniform_len=40)
     torch.testing.assert_close(got, A._dense_sdpa(qkv, 40), rtol=2e-3, atol=2e-3)
 
 
@@ -310,7 +301,7 @@ def test_backend_choice(monkeypatch):
     # dense: SDPA for fp32 and on the CPU; our kernel only for 16-bit CUDA tensors, where it measured faster
     assert _choice(A.DENSE_OP, qkv) == "sdpa"
     assert _choice(A.DENSE_OP, qkv.half()) == ("triton" if DEVICE == "cuda" else "sdpa")
-    set_backend_for_test(A.OP, "triton", monkeypatch)
+    force_backend(A.OP, "triton", monkeypatch)
     assert _choice(A.OP, qkv) == "triton"
     if DEVICE == "cpu":
         with pytest.raises(RuntimeError, match="float32/float16"):  # the interpreter has no bf16 dot
@@ -320,15 +311,15 @@ def test_backend_choice(monkeypatch):
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             A.varlen_attention(qkv, cu, max_len)
         monkeypatch.undo()
-        set_backend_for_test(A.OP, "triton", monkeypatch)
+        force_backend(A.OP, "triton", monkeypatch)
     with pytest.raises(RuntimeError, match="head dim 136"):
         A.varlen_attention(torch.randn(7, 3, 2, 136, device=DEVICE), cu, max_len)
     for name, module in (("flash_attn", "flash_attn"), ("xformers", "xformers")):
-        set_backend_for_test(A.OP, name, monkeypatch)
+        force_backend(A.OP, name, monkeypatch)
         if not A._INSTALLED[module]:
             with pytest.raises(RuntimeError, match="not installed"):
                 A.varlen_attention(qkv, cu, max_len)
-    set_backend_for_test(A.OP, "torch_varlen", monkeypatch)
+    force_backend(A.OP, "torch_varlen", monkeypatch)
     with pytest.raises(RuntimeError, match="CUDA|float16|not available"):
         A.varlen_attention(qkv.cpu(), cu.cpu(), max_len)  # CPU (or fp32 on GPU): never runs
     with pytest.raises(ValueError, match="unknown backend 'nonesuch'; choose one of auto, triton, flash_attn"):
@@ -338,7 +329,7 @@ def test_backend_choice(monkeypatch):
 def test_empty_batch_on_every_cpu_path(monkeypatch):
     """T = 0 (no tokens at all) is an empty result and an empty gradient on every backend that runs here."""
     for name in ("sdpa_padded", "reference") + (("triton",) if _backend.INTERPRET else ()):
-        set_backend_for_test(A.OP, name, monkeypatch)
+        force_backend(A.OP, name, monkeypatch)
         qkv = torch.randn(0, 3, 2, 8, device=DEVICE, requires_grad=True)
         out = A.varlen_attention(qkv, torch.zeros(3, dtype=torch.int32, device=DEVICE), 0)
         assert out.shape == (0, 2, 8), name

@@ -14,6 +14,10 @@ from vjepa_fast import ops
 from vjepa_fast.ops import _backend
 
 
+def _no_probe(device, dtype, head_dim):
+    """The demo ops' probe: they have no public function to run."""
+
+
 @pytest.fixture
 def demo():
     """A registered demo op: `fast` runs on CUDA keys only, `interp` runs anywhere but is never picked on its own."""
@@ -25,7 +29,7 @@ def demo():
 
     op = _backend.Op("demo", _backend.Backend("fast", lambda: "fast", check_fast),
                      _backend.Backend("interp", lambda: "interp", auto=lambda key: "only when forced"),
-                     _backend.Backend("slow", lambda: "slow"))
+                     _backend.Backend("slow", lambda: "slow"), probe=_no_probe)
     yield op, calls
     del _backend._OPS["demo"]
 
@@ -134,11 +138,11 @@ class _CountingEnviron(dict):
 @pytest.mark.parametrize("forced", [None, "reference"])
 def test_no_environment_reads_on_any_op_call_path(monkeypatch, forced):
     calls = _ops_calls()
-    from conftest import set_backend_for_test
+    from conftest import force_backend
 
     if forced:
         for op in ("gather", "attention", "dense_attention", "l1_loss", "ema"):
-            set_backend_for_test(op, forced, monkeypatch)
+            force_backend(op, forced, monkeypatch)
     for call in calls:  # first calls: lazy imports and backend resolution may look around
         call()
     counting = _CountingEnviron(os.environ)
@@ -154,7 +158,8 @@ def test_no_environment_reads_on_any_op_call_path(monkeypatch, forced):
 
 def test_the_environment_backend_is_what_auto_means(monkeypatch):
     monkeypatch.setattr(_backend, "ENV", {"VJEPA_FAST_DEMO_BACKEND": "interp"})
-    op = _backend.Op("demo", _backend.Backend("fast", lambda: "fast"), _backend.Backend("interp", lambda: "interp"))
+    op = _backend.Op("demo", _backend.Backend("fast", lambda: "fast"), _backend.Backend("interp", lambda: "interp"),
+                     probe=_no_probe)
     try:
         assert op.forced == "interp" and op.choose(("cpu",)).name == "interp"
         for auto in ("auto", None):  # a config's `auto` (ops.configure) keeps the environment's choice
@@ -168,7 +173,7 @@ def test_the_environment_backend_is_what_auto_means(monkeypatch):
         del _backend._OPS["demo"]
     monkeypatch.setattr(_backend, "ENV", {"VJEPA_FAST_DEMO_BACKEND": "fats"})
     with pytest.raises(ValueError, match="VJEPA_FAST_DEMO_BACKEND: unknown backend 'fats'; choose one of auto, fast"):
-        _backend.Op("demo", _backend.Backend("fast", lambda: "fast"))
+        _backend.Op("demo", _backend.Backend("fast", lambda: "fast"), probe=_no_probe)
     assert "demo" not in _backend.op_names()
 
 
@@ -217,6 +222,47 @@ def test_preflight_names_the_environment_variable_whose_backend_cannot_run(monke
         preflight.check_backends(cfg, torch.device("cpu"), torch.float32)
 
 
+def test_every_op_carries_a_probe_that_runs_it(monkeypatch):
+    """Preflight runs a forced backend through the probe its op registered with its backends (an op cannot be
+    registered without one): each probe must call its op, i.e. ask the registry for a backend, on this machine."""
+    assert set(_backend.op_names()) >= {"gather", "attention", "dense_attention", "l1_loss", "ema", "rope"}
+    for op in _backend.op_names():
+        registered = _backend._op(op)
+        monkeypatch.setattr(registered, "chosen", {})
+        _backend.run_probe(op, torch.device("cpu"), torch.float32, 64)
+        assert registered.chosen, f"{op}: its probe never asked the registry for a backend"
+
+
+# The kernel module of each op's `triton` backend: a new op with one must be listed (the test below fails until it is).
+TRITON_KERNELS = {"attention": "vjepa_fast.ops.triton_flash_varlen",
+                  "dense_attention": "vjepa_fast.ops.triton_flash_varlen",
+                  "l1_loss": "vjepa_fast.ops.triton_l1_loss", "rope": "vjepa_fast.ops.triton_rope"}
+
+
+@pytest.mark.parametrize("op", [op for op in _backend.op_names() if "triton" in _backend.backend_names(op)])
+def test_a_triton_backend_forced_by_the_test_helper_launches_its_kernels(op, monkeypatch):
+    """Issue 23's bug: a test switched the rope backend through an environment variable, which is read once at
+    import, so it compared the torch path with itself and the Triton kernel never ran. A Triton backend forced
+    through conftest.force_backend must launch its op's own kernels when the op runs (its probe), and on the CPU,
+    where the automatic choice never interprets, only the forcing may bring them in."""
+    from conftest import force_backend
+    from kernel_hooks import launched_kernels
+
+    pytest.importorskip("triton")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        force_backend(op, "auto", monkeypatch)
+        with launched_kernels() as launched:
+            _backend.run_probe(op, device, torch.float32, 64)
+        assert launched == [], f"{op}: the automatic choice launched {launched} on the CPU"
+    force_backend(op, "triton", monkeypatch)
+    with launched_kernels() as launched:
+        _backend.run_probe(op, device, torch.float32, 64)
+    assert op in TRITON_KERNELS, f"{op} has a triton backend: add its kernel module to TRITON_KERNELS"
+    assert launched and {k.rpartition(".")[0] for k in launched} == {TRITON_KERNELS[op]}, (op, launched)
+    assert TRITON_KERNELS[op] in sys.modules
+
+
 def test_every_forced_triton_backend_imports_its_kernels(subprocess_env):
     """In a fresh process no Triton kernel module is imported; forcing `triton` for every op that has it and running
     each once (the preflight probes) must choose it and import every kernel file of the package. An op whose forcing
@@ -224,7 +270,6 @@ def test_every_forced_triton_backend_imports_its_kernels(subprocess_env):
     pytest.importorskip("triton")
     got = _child("""
         import json, sys, torch
-        import vjepa_fast.models.rope  # registers the rope op
         from vjepa_fast import ops
         from vjepa_fast.run import preflight
         from vjepa_fast.config import load_config

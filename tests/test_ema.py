@@ -2,7 +2,7 @@
 import zlib
 
 import pytest
-from conftest import force_backend, set_backend_for_test
+from conftest import force_backend
 import torch
 
 from vjepa_fast import _ext
@@ -87,7 +87,7 @@ def test_unsupported_dtypes_fall_back_or_fail_clearly(monkeypatch):
         atol = 2 * torch.finfo(t.dtype).eps
         torch.testing.assert_close(t, r, atol=atol, rtol=atol)
     if _ext.load():
-        set_backend_for_test("ema", "cpu", monkeypatch)
+        force_backend("ema", "cpu", monkeypatch)
         with pytest.raises(RuntimeError, match="fp32 targets"):
             ema_update_(targets, sources, 0.9)
         with pytest.raises(ValueError, match="targets must be fp32"):

@@ -293,20 +293,15 @@ def test_cuda_empty_and_opcheck(backend):
                           (torch.randn(5, 16, device="cuda"), rows, 14, True))
 
 
-def test_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error():
-    from vjepa_fast.ops import _backend
-
+def test_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error(monkeypatch):
     gen = torch.Generator().manual_seed(11)
     tokens = torch.randn(2, 7, 5, dtype=torch.float64, generator=gen)
     pos = torch.randn(7, 5, dtype=torch.float64, generator=gen)
     rows = torch.tensor([13, 0, 6, 7])
     assert torch.equal(masked_gather(tokens, pos, rows), masked_gather_reference(tokens, pos, rows))
-    _backend.set_backend("gather", "cpu")
-    try:
-        with pytest.raises(RuntimeError, match="forced but cannot run.*float64"):
-            masked_gather(tokens, pos, rows)
-    finally:
-        _backend.set_backend("gather", None)
+    force_backend("gather", "cpu", monkeypatch)
+    with pytest.raises(RuntimeError, match="forced but cannot run.*float64"):
+        masked_gather(tokens, pos, rows)
 
 
 # ---- the op on its own: out[r] = src[src_rows[r]] + pos[pos_rows[r]] (and the predictor's layout step) ------------
@@ -506,21 +501,16 @@ def test_indexed_bad_inputs_raise_clear_errors(backend):
         indexed_gather_add(src, rows, pos.float().requires_grad_(True), rows)
 
 
-def test_indexed_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error():
-    from vjepa_fast.ops import _backend
-
+def test_indexed_fp64_goes_to_the_reference_and_forcing_a_kernel_is_an_error(monkeypatch):
     gen = torch.Generator().manual_seed(12)
     src = torch.randn(6, 5, dtype=torch.float64, generator=gen)
     pos = torch.randn(4, 5, dtype=torch.float64, generator=gen)
     src_rows, pos_rows = torch.tensor([5, 0, 5, 2]), torch.tensor([3, 3, 0, 1])
     assert torch.equal(indexed_gather_add(src, src_rows, pos, pos_rows),
                        indexed_gather_add_reference(src, src_rows, pos, pos_rows))
-    _backend.set_backend("gather", "cpu")
-    try:
-        with pytest.raises(RuntimeError, match="forced but cannot run.*float64"):
-            indexed_gather_add(src, src_rows, pos, pos_rows)
-    finally:
-        _backend.set_backend("gather", None)
+    force_backend("gather", "cpu", monkeypatch)
+    with pytest.raises(RuntimeError, match="forced but cannot run.*float64"):
+        indexed_gather_add(src, src_rows, pos, pos_rows)
 
 
 @pytest.mark.parametrize("backend", ["cpu"], indirect=True)

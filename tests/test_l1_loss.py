@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from conftest import set_backend_for_test  # noqa: E402
+from conftest import force_backend  # noqa: E402
 from kernel_hooks import poison_outputs  # noqa: E402
 
 from vjepa_fast.ops import _backend, _triton  # noqa: E402
@@ -31,7 +31,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.fixture
 def triton_backend(monkeypatch):
-    set_backend_for_test(L.OP, "triton", monkeypatch)
+    force_backend(L.OP, "triton", monkeypatch)
 
 
 def _kernel():
@@ -195,7 +195,7 @@ def test_backend_choice(monkeypatch):
     assert choice("cpu", 96) == "reference"  # the interpreter is never chosen automatically
     assert choice("cuda", 96) == "triton"
     assert choice("cuda", L.MAX_D + 1) == "reference"
-    set_backend_for_test(L.OP, "triton", monkeypatch)
+    force_backend(L.OP, "triton", monkeypatch)
     if DEVICE == "cpu":
         assert choice("cpu", 96) == "triton"  # forced: the interpreter is on in this process without CUDA
     else:

@@ -11,9 +11,9 @@ from conftest import force_backend
 from vjepa_fast import ops, train
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import MultiBlockMasker, pack_masks
-from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, apply_rope_qkv_reference, grid_positions, \
-    rope_segment, rope_tables
+from vjepa_fast.models.rope import grid_positions, rope_tables
 from vjepa_fast.models.vit import VisionTransformer
+from vjepa_fast.ops.rope import RopeTables, apply_rope_qkv, apply_rope_qkv_reference, rope_segment
 from vjepa_fast.parallel import DistInfo
 from vjepa_fast.run.schedules import Schedules, wsd_lr_at
 
@@ -25,7 +25,7 @@ def test_fused_rotation_matches_the_definition(head_dim):
     qkv = torch.randn(40, 3, 2, head_dim)
     index = torch.randint(0, math.prod(grid), (40,))
     out = apply_rope_qkv(qkv, rope_tables(index, grid, head_dim))
-    torch.testing.assert_close(out, apply_rope_qkv_reference(qkv, index, grid), rtol=0, atol=2e-6)
+    torch.testing.assert_close(out, apply_rope_qkv_reference(qkv, grid_positions(index, grid)), rtol=0, atol=2e-6)
     assert torch.equal(out[:, 2], qkv[:, 2])  # v untouched
     d = rope_segment(head_dim)
     assert torch.equal(out[:, :2, :, 3 * d:], qkv[:, :2, :, 3 * d:])  # the unrotated tail
@@ -49,7 +49,7 @@ def _attention_by_hand(attn, x, rows, cu, N, grid):
     for s in range(len(cu) - 1):
         a, b = int(cu[s]), int(cu[s + 1])
         qkv = attn.qkv(x[a:b]).reshape(b - a, 3, H, Dh)
-        qkv = apply_rope_qkv_reference(qkv, rows[a:b] % N, grid)
+        qkv = apply_rope_qkv_reference(qkv, grid_positions(rows[a:b] % N, grid))
         q, k, v = qkv.permute(1, 2, 0, 3).unbind(0)  # [H, L, Dh]
         w = (q @ k.transpose(-1, -2) / math.sqrt(Dh)).softmax(-1)
         out[a:b] = attn.proj((w @ v).transpose(0, 1).reshape(b - a, H * Dh))
@@ -194,8 +194,9 @@ def test_triton_kernel_matches_fp64_forward_and_backward(triton_rope, R, H, Dh, 
     out, dqkv = _fast(tables, qkv, grad)
     assert TRITON_ROPE in sys.modules, "the forced Triton backend never imported its kernel"
     assert set(ops.chosen_backends()["rope"].values()) == {"triton"}
-    truth, dtruth = _fwd_bwd(lambda x: apply_rope_qkv_reference(x, index, grid), qkv.double(), grad.double())
-    same, dsame = _fwd_bwd(lambda x: apply_rope_qkv_reference(x, index, grid), qkv, grad)
+    positions = grid_positions(index, grid)
+    truth, dtruth = _fwd_bwd(lambda x: apply_rope_qkv_reference(x, positions), qkv.double(), grad.double())
+    same, dsame = _fwd_bwd(lambda x: apply_rope_qkv_reference(x, positions), qkv, grad)
     _assert_rule("out", out, same, truth)
     _assert_rule("dqkv", dqkv, dsame, dtruth)
     # v and its gradient are copies, the unrotated tail too (cos 1, sin 0: one exact product, one exact add)

@@ -9,7 +9,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from vjepa_fast import ops
+from conftest import force_backend
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import TubeMasker, pack_masks
 from vjepa_fast.models.build import build_model
@@ -153,7 +153,7 @@ def test_pixel_mse_loss_is_weighted_sum_of_squares():
     assert math.isclose(float(pixel_mse_loss(pred, target, w)), expect, rel_tol=1e-5)
 
 
-def test_step_flops_match_flop_counter():
+def test_step_flops_match_flop_counter(monkeypatch):
     """The model count equals what torch's FLOP counter sees, once the patch embedding is counted as the model says.
 
     The step runs the Conv3d on every token (forward) and its weight gradient only (backward); the model counts
@@ -162,12 +162,9 @@ def test_step_flops_match_flop_counter():
     model = _model(torch.float32)
     B = 3
     video, masks = _video(B, torch.float32), _masks(B)
-    ops.set_backend("attention", "reference")  # per-sequence SDPA: no padding in the counted work
-    try:
-        with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
-            model(video, masks, _row_weight(masks, model.decoder.out_dim).float()).backward()
-    finally:
-        ops.set_backend("attention", None)
+    force_backend("attention", "reference", monkeypatch)  # per-sequence SDPA: no padding in the counted work
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+        model(video, masks, _row_weight(masks, model.decoder.out_dim).float()).backward()
     counts = {str(k).removeprefix("aten."): v for k, v in fc.get_flop_counts()["Global"].items()}
     pe = model.encoder.patch_embed.proj
     conv_all = 2 * B * masks.num_tokens * pe.weight[0].numel() * pe.out_channels

@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 
 from vjepa_fast.models.pos_embed import POS_EMBEDS, Grid, interpolate_pos, position_table
-from vjepa_fast.models.rope import RopeTables, apply_rope_qkv, rope_dtype, rope_tables
-from vjepa_fast.ops import indexed_gather_add, varlen_attention
+from vjepa_fast.models.rope import rope_dtype, rope_tables
+from vjepa_fast.ops import apply_rope_qkv, indexed_gather_add, varlen_attention
+from vjepa_fast.ops.rope import RopeTables
 
 # small ... giant are the original V-JEPA code's ViT-S/B/L/H/g (docs/recipe.md, "Model sizes and initialisation");
 # tiny is this project's CPU quick-start size, not the original's ViT-Ti (192 wide, 12 deep, 3 heads).
@@ -110,7 +111,7 @@ class Attention(nn.Module):
                 uniform_len: Optional[int] = None, rope: Optional[RopeTables] = None) -> torch.Tensor:
         T, D = x.shape
         qkv = self.qkv(x).reshape(T, 3, self.num_heads, self.head_dim)  # q, k, v outermost, as the reference
-        if rope is not None:  # rotary positions (models/rope.py): q and k rotated in one op
+        if rope is not None:  # rotary positions (ops/rope.py): q and k rotated in one op
             qkv = apply_rope_qkv(qkv, rope)
         out = varlen_attention(qkv, cu_seqlens, max_seqlen, uniform_len)  # scale head_dim^-0.5
         return self.proj(out.reshape(T, D))

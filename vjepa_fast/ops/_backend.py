@@ -5,6 +5,9 @@ small hashable summary of the inputs (device type, dtype and whatever else the o
 the head dimension) and returns None when the backend can run on such inputs, else the reason it cannot. The
 choice is resolved once per (op, key) and cached, so an op's call path costs one dict lookup for it.
 
+Each op also registers its probe: one call of its public function on tiny inputs, which preflight runs for every
+forced backend (`run_probe`), so a backend that cannot run on the run's device fails before step 0.
+
 Automatic choice takes the first backend whose check passes and whose `auto` check (if any: e.g. the Triton
 interpreter, which runs but is never picked on its own) passes too. A forced backend (`set_backend`, fed from the
 config's `backends` section) skips `auto`; if its check fails the call is an error that says why, never a silent
@@ -33,6 +36,9 @@ ENV: dict[str, str] = {k: v for k, v in os.environ.items() if k.startswith("VJEP
 INTERPRET = ENV.get("TRITON_INTERPRET", "0").strip().lower() in TRUE  # Triton kernels run on the CPU interpreter
 
 Check = Callable[[Hashable], Optional[str]]
+# probe(device, dtype, head_dim): run the op once on tiny inputs on `device` in `dtype` (head_dim: the model's attention
+# head width, since some kernels accept some head dims only); a backend that cannot run raises.
+Probe = Callable[[torch.device, torch.dtype, int], object]
 
 
 def always(_key: Hashable) -> Optional[str]:
@@ -48,13 +54,14 @@ class Backend:
 
 
 class Op:
-    """One op's backends (fastest first), its forced choice and its per-key cache."""
+    """One op's backends (fastest first), its probe, its forced choice and its per-key cache."""
 
-    def __init__(self, name: str, *backends: Backend):
+    def __init__(self, name: str, *backends: Backend, probe: Probe):
         if name in _OPS:
             raise ValueError(f"op {name!r} is registered twice")
         self.name = name
         self.backends: dict[str, Backend] = {b.name: b for b in backends}
+        self.probe = probe
         self.chosen: dict[Hashable, Backend] = {}
         env_var = env_backend_var(name)
         # The process default, what `auto` means for this op: the environment's backend (None: automatic choice).
@@ -144,6 +151,11 @@ def backend_names(op: str) -> tuple[str, ...]:
 
 def op_names() -> tuple[str, ...]:
     return tuple(_OPS)
+
+
+def run_probe(op: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    """Run `op` once on tiny inputs with its current choice (the forced backend, if any): its registered probe."""
+    _op(op).probe(device, dtype, head_dim)
 
 
 def chosen_backends() -> dict[str, dict[str, str]]:

@@ -280,13 +280,25 @@ _OTHERS = (
     _backend.Backend("sdpa_padded", _run_padded),
     _backend.Backend("reference", _run_reference),
 )
+def _probe(device: torch.device, dtype: torch.dtype, head_dim: int, uniform_len: Optional[int] = None) -> None:
+    # one sequence of 4 tokens, one head of the model's width
+    varlen_attention(torch.zeros(4, 3, 1, head_dim, device=device, dtype=dtype),
+                     torch.tensor([0, 4], device=device, dtype=torch.int32), 4, uniform_len)
+
+
+def _dense_probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    _probe(device, dtype, head_dim, uniform_len=4)
+
+
 # Packed sequences of any lengths, fastest first on CUDA.
-VARLEN = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _not_interpreted), *_OTHERS)
+VARLEN = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _not_interpreted), *_OTHERS,
+                     probe=_probe)
 # The dense case (every sequence uniform_len long): our kernel for 16-bit CUDA tensors, else one batched SDPA call;
 # any varlen backend may be forced.
 DENSE = _backend.Op(DENSE_OP, _backend.Backend("triton", _run_triton, _triton_reason, _dense_triton_auto),
                     _backend.Backend("sdpa", _run_dense_sdpa), *_OTHERS,
-                    _backend.Backend("sdpa_cudnn", _run_dense_sdpa_cudnn, _cuda_16bit_reason, _forced_only))
+                    _backend.Backend("sdpa_cudnn", _run_dense_sdpa_cudnn, _cuda_16bit_reason, _forced_only),
+                    probe=_dense_probe)
 BACKENDS = tuple(VARLEN.backends)
 DENSE_BACKENDS = tuple(DENSE.backends)
 

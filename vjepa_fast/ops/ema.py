@@ -124,10 +124,15 @@ def _run_kernel(targets, sources, momentum, apply=None):
     torch.ops.vjepa_fast.ema_update_(targets, sources, float(momentum), apply)
 
 
+def _probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    # fp32 whatever the run's compute dtype: the EMA keeps fp32 master weights
+    ema_update_([torch.zeros(8, device=device)], [torch.zeros(8, device=device)], 0.5)
+
+
 EMA = _backend.Op(OP, _backend.Backend("cuda", _run_kernel, lambda key: _kernel_reason(key, "cuda")),
                   _backend.Backend("cpu", _run_kernel, lambda key: _kernel_reason(key, "cpu")),
                   _backend.Backend("foreach", _ema_foreach),
-                  _backend.Backend("reference", ema_update_reference))
+                  _backend.Backend("reference", ema_update_reference), probe=_probe)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

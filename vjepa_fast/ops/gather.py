@@ -107,9 +107,13 @@ def _run_reference(src, src_rows, pos, pos_rows, unique_rows):
     return indexed_gather_add_reference(src, src_rows, pos, pos_rows)
 
 
+def _probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    indexed_gather_add(torch.zeros(2, 8, device=device, dtype=dtype), torch.tensor([1, 0], device=device), None, None)
+
+
 GATHER = _backend.Op(OP, _backend.Backend("cuda", _run_kernel, lambda key: _kernel_reason(key, "cuda")),
                      _backend.Backend("cpu", _run_kernel, lambda key: _kernel_reason(key, "cpu")),
-                     _backend.Backend("reference", _run_reference))
+                     _backend.Backend("reference", _run_reference), probe=_probe)
 
 
 def _check_index_list(name: str, idx: torch.Tensor, src: torch.Tensor) -> None:

@@ -65,8 +65,13 @@ def _run_reference(z, h, rows, row_weight, eps):
     return l1_target_loss_reference(z, h, rows.long(), row_weight, eps)
 
 
+def _probe(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    z = torch.zeros(2, 8, device=device, dtype=dtype)
+    l1_target_loss(z, torch.zeros_like(z), torch.tensor([0, 1], device=device), torch.ones(2, device=device))
+
+
 L1_LOSS = _backend.Op(OP, _backend.Backend("triton", _run_triton, _triton_reason, _not_interpreted),
-                      _backend.Backend("reference", _run_reference))
+                      _backend.Backend("reference", _run_reference), probe=_probe)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Triton kernel for V-JEPA 2's rotary q / k (models/rope.py has the layout and the definition).
+"""Triton kernel for V-JEPA 2's rotary q / k (ops/rope.py has the layout, the definition and the
+op; models/rope.py builds the tables).
 
 One pass over the fused qkv [R, 3, H, Dh]: q and k are rotated, v is copied bit for bit, every element read once
 (plus its pair partner, the neighbouring channel of the same head, from cache), in the working dtype (float32, or

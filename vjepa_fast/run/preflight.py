@@ -40,29 +40,13 @@ def open_dataset(cfg: Config):
 
 # ---- backends ------------------------------------------------------------------------------------------------------
 def check_backends(cfg: Config, device: torch.device, dtype: torch.dtype) -> None:
-    """Run each forced op backend once on tiny inputs, so one that cannot run here fails now, not inside step 0."""
-    from vjepa_fast import ops
-    from vjepa_fast.models.rope import apply_rope_qkv, rope_tables
+    """Run each forced op backend once on tiny inputs (the probe each op registers with its backends), so one that
+    cannot run here fails now, not inside step 0."""
     from vjepa_fast.models.vit import VIT_SIZES
-    from vjepa_fast.ops import _backend
+    from vjepa_fast.ops import _backend  # importing vjepa_fast.ops registers every op
 
     size = VIT_SIZES[cfg.model.size]
     dh = size["embed_dim"] // (cfg.model.num_heads or size["num_heads"])  # the encoder's head dim: kernels accept some head dims only
-    probes = {
-        "gather": lambda: ops.indexed_gather_add(torch.zeros(2, 8, device=device, dtype=dtype),
-                                                 torch.tensor([1, 0], device=device), None, None),
-        "attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, dh, device=device, dtype=dtype),
-                                                  torch.tensor([0, 4], device=device, dtype=torch.int32), 4),
-        "dense_attention": lambda: ops.varlen_attention(torch.zeros(4, 3, 1, dh, device=device, dtype=dtype),
-                                                        torch.tensor([0, 4], device=device, dtype=torch.int32), 4,
-                                                        uniform_len=4),
-        "l1_loss": lambda: ops.l1_target_loss(torch.zeros(2, 8, device=device, dtype=dtype),
-                                              torch.zeros(2, 8, device=device, dtype=dtype),
-                                              torch.tensor([0, 1], device=device), torch.ones(2, device=device)),
-        "ema": lambda: ops.ema_update_([torch.zeros(8, device=device)], [torch.zeros(8, device=device)], 0.5),
-        "rope": lambda: apply_rope_qkv(torch.zeros(2, 3, 1, dh, device=device, dtype=dtype),
-                                       rope_tables(torch.tensor([0, 1], device=device), (1, 1, 2), dh)),
-    }
     for op in _backend.op_names():
         name = _backend.forced_backend(op)  # the config's choice, or under `auto` the environment's (ops.configure)
         if name is None:
@@ -72,7 +56,7 @@ def check_backends(cfg: Config, device: torch.device, dtype: torch.dtype) -> Non
         what = f"{env}={name} (what backends.{op}=auto means here)" if by_env else f"backends.{op}={name}"
         fix = f"unset {env}" if by_env else f"use backends.{op}=auto"
         try:
-            probes[op]()
+            _backend.run_probe(op, device, dtype, dh)
         except (RuntimeError, ValueError, ImportError) as e:
             raise RunError(f"{what} cannot run here ({one_line(e)}); {fix} or name another backend in "
                            f"backends.{op} (python -m vjepa_fast.train --help lists them)") from None
