@@ -5,7 +5,7 @@ the encoder loaded) -> `splits.py` (the train / validation splits; their dataset
 `features.py` (frozen features, cached when they fit) -> `probe.py` (probe training and accuracy) -> `pipeline.py`
 (`evaluate`: one evaluation start to result) -> `cli.py` (the command line, the JSON file, exit codes).
 
-The names below are the package's interface for the other entry points (bench_quality, feature_stats, supervised).
+The names below are what the other entry points (bench_quality, feature_stats) and the tests import from it.
 """
 from vjepa_fast.eval.checkpoint import load_encoder_weights, resolve_checkpoint
 from vjepa_fast.eval.cli import main, parse_args
