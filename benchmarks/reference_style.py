@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.protocol import StepStats
 from vjepa_fast.ops.ema import ema_update_reference
-from vjepa_fast.run.profiling import nvtx_range
+from vjepa_fast.profiling import nvtx_range
 
 
 def per_mask_indices(masks: PackedMasks) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -6,7 +6,7 @@ Builds the Trainer from the config (default: the built-in tiny one), draws a few
 collate (cycled, so data loading itself is not in the time: benchmarks/test_bench_data.py measures that), runs
 `--warmup` steps (compilation, kernel builds), then `--steps` timed steps, and prints one row per phase:
 
-- the phases the loop already marks (vjepa_fast.run.profiling.nvtx_range): data (host-to-device copy), target forward,
+- the phases the loop already marks (vjepa_fast.profiling.nvtx_range): data (host-to-device copy), target forward,
   context forward, predictor forward, loss, backward, optimizer (clip + AdamW), ema;
 - the backward split per module where the model allows it (loss, predictor, context encoder): hooks on the
   predictor's and the context encoder's outputs mark when their gradients arrive;
@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -
     sys.path.insert(0, str(ROOT))
 
 from vjepa_fast import ops  # noqa: E402
-from vjepa_fast.run import profiling  # noqa: E402
+from vjepa_fast import profiling  # noqa: E402
 from vjepa_fast.config import ConfigError, load_config  # noqa: E402
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader  # noqa: E402
 from vjepa_fast.models.flops import encoder_flops  # noqa: E402

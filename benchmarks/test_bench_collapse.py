@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from vjepa_fast.run.collapse import RANK_ROWS, CollapseWatch  # noqa: E402
+from vjepa_fast.models.collapse_stats import RANK_ROWS  # noqa: E402
+from vjepa_fast.run.collapse import CollapseWatch  # noqa: E402
 from vjepa_fast.models.sigreg import SIGReg  # noqa: E402
 from forced_backends import forced_backends  # noqa: E402
 from test_bench_train_step import CUDA, ROUNDS, _free, _runner  # noqa: E402

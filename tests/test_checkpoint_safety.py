@@ -15,7 +15,7 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
 from vjepa_fast.run import checkpoint as ckpt
 from vjepa_fast import export, train
-from vjepa_fast.run import dcp_safe, shard_sums
+from vjepa_fast.weights import dcp_safe, shard_sums
 from vjepa_fast import eval as ev
 from vjepa_fast.run.rundir import RunDirError
 from vjepa_fast.weights import CheckpointFormatError, load_encoder

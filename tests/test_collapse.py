@@ -6,7 +6,8 @@ import warnings
 import torch
 
 from vjepa_fast import train
-from vjepa_fast.run.collapse import RANK_ROWS, CollapseWatch, rank_rows, rankme, token_std
+from vjepa_fast.models.collapse_stats import RANK_ROWS, rank_rows, token_std
+from vjepa_fast.run.collapse import CollapseWatch, rankme
 from vjepa_fast.config import load_config
 from vjepa_fast.masks import pack_masks
 from vjepa_fast.models.build import build_masker

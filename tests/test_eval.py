@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from vjepa_fast import eval as ev
+from vjepa_fast.eval import features as ev_features, options as ev_options, probe as ev_probe
 from vjepa_fast.run.checkpoint import load_payload
 from vjepa_fast import train
 from vjepa_fast.config import load_config
+from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
 from vjepa_fast.models.vit import VisionTransformer
 from vjepa_fast.parallel import DistInfo
@@ -59,10 +61,10 @@ def test_only_the_probe_gets_gradients():
     enc = tiny_encoder()
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     probe = AttentiveProbe(enc.embed_dim, 6, enc.num_heads, depth=2)
-    feats = ev.encode(enc, torch.randn(3, 3, 4, 32, 32))
+    feats = ev_features.encode(enc, torch.randn(3, 3, 4, 32, 32))
     assert feats.shape == (3, 1, enc.num_tokens, enc.embed_dim) and not feats.requires_grad
-    opt = ev.make_optimizer(probe, 1e-3, 0.01)
-    loss, acc, step = ev.train_epoch(probe, opt, [(feats, torch.tensor([0, 5, 2]))], 0, 1, 1e-3)
+    opt = ev_probe.make_optimizer(probe, 1e-3, 0.01)
+    loss, acc, step = ev_probe.train_epoch(probe, opt, [(feats, torch.tensor([0, 5, 2]))], 0, 1, 1e-3)
     assert step == 1 and math.isfinite(loss) and 0 <= acc <= 1
     assert not enc.training and all(p.grad is None and not p.requires_grad for p in enc.parameters())
     for name, p in probe.named_parameters():  # every probe parameter, the query and both blocks included
@@ -74,7 +76,7 @@ def test_encode_concatenates_segments_and_keeps_views_apart():
     enc = tiny_encoder(1)
     B, S, V = 2, 2, 3
     video = torch.randn(B, S * V, 3, 4, 32, 32)
-    feats = ev.encode(enc, video, segments=S, views=V, chunk=5)  # chunk straddles samples
+    feats = ev_features.encode(enc, video, segments=S, views=V, chunk=5)  # chunk straddles samples
     N = enc.num_tokens
     assert feats.shape == (B, V, S * N, enc.embed_dim)
     with torch.no_grad():
@@ -84,7 +86,7 @@ def test_encode_concatenates_segments_and_keeps_views_apart():
             for s in range(S):
                 torch.testing.assert_close(feats[b, v, s * N:(s + 1) * N], per_clip[b, s, v])
     with pytest.raises(ValueError, match="segments"):
-        ev.encode(enc, video, segments=4, views=1)
+        ev_features.encode(enc, video, segments=4, views=1)
 
 
 def test_probe_learns_a_separable_problem():
@@ -98,22 +100,22 @@ def test_probe_learns_a_separable_problem():
 
     x, y = data(512)
     probe = AttentiveProbe(D, C, num_heads=4)
-    opt = ev.make_optimizer(probe, 1e-3, 0.01)
+    opt = ev_probe.make_optimizer(probe, 1e-3, 0.01)
     epochs, bs, step = 8, 32, 0
     total = epochs * (len(y) // bs)
     for _ in range(epochs):
         perm = torch.randperm(len(y))
         batches = [(x[perm[i:i + bs]], y[perm[i:i + bs]]) for i in range(0, len(y), bs)]
-        _, _, step = ev.train_epoch(probe, opt, batches, step, total, 1e-3)
+        _, _, step = ev_probe.train_epoch(probe, opt, batches, step, total, 1e-3)
     xv, yv = data(256)
-    acc, n = ev.accuracy(probe, [(xv[i:i + 64], yv[i:i + 64]) for i in range(0, 256, 64)])
+    acc, n = ev_probe.accuracy(probe, [(xv[i:i + 64], yv[i:i + 64]) for i in range(0, 256, 64)])
     assert n == 256 and acc > 0.9
 
 
 def test_cosine_lr():
-    assert ev.cosine_lr(0, 10, 1e-3) == pytest.approx(1e-3)
-    assert ev.cosine_lr(5, 10, 1e-3) == pytest.approx(5e-4)
-    assert ev.cosine_lr(10, 10, 1e-3) == pytest.approx(0.0)
+    assert ev_probe.cosine_lr(0, 10, 1e-3) == pytest.approx(1e-3)
+    assert ev_probe.cosine_lr(5, 10, 1e-3) == pytest.approx(5e-4)
+    assert ev_probe.cosine_lr(10, 10, 1e-3) == pytest.approx(0.0)
 
 
 # ---- checkpoints and the entry point ------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def test_loads_target_or_online_encoder_from_every_format(run_dir):
     loaded = {}
     for path in (ckpt_file, run_dir / "reference.pth.tar"):
         for online in (False, True):
-            enc = ev.build_encoder(cfg)
+            enc = build_encoder(cfg)
             which = ev.load_encoder_weights(enc, path, online)
             assert which == ("online" if online else "target")
             prefix = "encoder." if online else "target_encoder."
@@ -152,7 +154,7 @@ def test_loads_target_or_online_encoder_from_every_format(run_dir):
     assert not torch.equal(loaded[(ckpt_file.name, False)], loaded[(ckpt_file.name, True)])
     # evaluating at another clip size: the file's sin-cos table is resized to it (as the model that wrote it does for
     # such clips), every trained weight is loaded
-    enc = ev.build_encoder(load_config(str(run_dir / "config.yaml"), ["data.crop_size=48", "data.num_frames=6"]))
+    enc = build_encoder(load_config(str(run_dir / "config.yaml"), ["data.crop_size=48", "data.num_frames=6"]))
     ev.load_encoder_weights(enc, ckpt_file, False)
     assert enc.pos_embed.shape[1] == 3 * 3 * 3 != model["target_encoder.pos_embed"].shape[1]
     trained = VisionTransformer("tiny", img_size=32, num_frames=4)
@@ -169,7 +171,7 @@ def test_loads_target_or_online_encoder_from_every_format(run_dir):
 
 def test_eval_run_dir_end_to_end_as_a_file(run_dir, tmp_path, subprocess_env):
     out = tmp_path / "res" / "probe.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "vjepa_fast" / "eval.py"), "--checkpoint", str(run_dir),
+    proc = subprocess.run([sys.executable, str(ROOT / "vjepa_fast" / "eval" / "__main__.py"), "--checkpoint", str(run_dir),
                            "--epochs", "2", "--train-samples", "24", "--val-samples", "12", "--batch-size", "8",
                            "--label", "motion", "--out", str(out), "data.num_workers=0"],
                           capture_output=True, text=True, env=subprocess_env, timeout=120)
@@ -187,9 +189,9 @@ def test_eval_run_dir_end_to_end_as_a_file(run_dir, tmp_path, subprocess_env):
 
 def test_probe_epochs_default_follows_the_data(tmp_path, capsys):
     synthetic, real = load_config(None, []), load_config(None, ["data.path=/videos/train.csv"])
-    assert ev.probe_epochs(ev.EvalConfig(), synthetic) == ev.DEFAULT_EPOCHS["synthetic"] == 100
-    assert ev.probe_epochs(ev.EvalConfig(), real) == ev.DEFAULT_EPOCHS["real"] == 20
-    assert ev.probe_epochs(ev.EvalConfig(epochs=3), synthetic) == 3
+    assert ev_options.probe_epochs(ev.EvalConfig(), synthetic) == ev_options.DEFAULT_EPOCHS["synthetic"] == 100
+    assert ev_options.probe_epochs(ev.EvalConfig(), real) == ev_options.DEFAULT_EPOCHS["real"] == 20
+    assert ev_options.probe_epochs(ev.EvalConfig(epochs=3), synthetic) == 3
     # end to end: no --epochs on the synthetic videos trains (and records) the synthetic default
     out = tmp_path / "default_epochs.json"
     rc, _ = run_main(["--train-samples", "4", "--val-samples", "2", "--batch-size", "4", "--out", out, *TINY], capsys)

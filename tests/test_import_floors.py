@@ -17,21 +17,7 @@ TABLE_START = "<!-- import floors -->"
 
 # (importing file, imported module) -> why it is still there. An entry that no longer matches an import fails the
 # test, so the list only shrinks.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("vjepa_fast/data/loader.py", "vjepa_fast.run.lifecycle"):
-        "loader workers block the stop signals run/lifecycle.py handles; the signal-mask helpers should move below "
-        "data/ (a follow-up of issue 23)",
-    ("vjepa_fast/models/jepa.py", "vjepa_fast.run.collapse"):
-        "the feature statistics (rank_rows, token_std) the model reports; they move with the protocol's feature "
-        "statistics (issue 23, the model the only door)",
-    ("vjepa_fast/models/jepa.py", "vjepa_fast.run.profiling"):
-        "nvtx_range marks the step's phases inside the model; it imports nothing and could sit below models/",
-    ("vjepa_fast/models/videomae.py", "vjepa_fast.run.profiling"):
-        "nvtx_range, as for models/jepa.py",
-    ("vjepa_fast/weights/formats.py", "vjepa_fast.run.checkpoint"):
-        "reading a training checkpoint (a run dir, DCP shards) uses the checkpoint's own reader; that reader "
-        "should move to a module below weights/",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def read_floors(doc: str) -> list[tuple[str, list[str]]]:

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from vjepa_fast import eval as ev
+from vjepa_fast.data.probe_splits import SyntheticSplit, low_shot_indices
 from vjepa_fast.config import ConfigError, load_config
 from vjepa_fast.data.synthetic import SyntheticVideos
 
@@ -14,24 +15,24 @@ def test_labels_per_class_gives_exact_counts_and_seeds_differ(per_class):
     rng = np.random.default_rng(per_class)
     labels = rng.integers(0, 5, 200)
     labels[:3] = 5  # a class with only 3 clips: all of them, never more
-    subsets = [ev.low_shot_indices(labels, seed, per_class=per_class) for seed in range(4)]
+    subsets = [low_shot_indices(labels, seed, per_class=per_class) for seed in range(4)]
     for sub in subsets:
         assert len(np.unique(sub)) == len(sub) and np.all(np.diff(sub) > 0)
         counts = np.bincount(labels[sub], minlength=6)
         assert counts[:5].tolist() == [per_class] * 5 and counts[5] == min(3, per_class)
     assert len({tuple(s) for s in subsets}) == 4  # every seed its own subset
-    assert np.array_equal(ev.low_shot_indices(labels, 2, per_class=per_class), subsets[2])  # and reproducible
+    assert np.array_equal(low_shot_indices(labels, 2, per_class=per_class), subsets[2])  # and reproducible
 
 
 def test_label_fraction_takes_that_share_of_every_class():
     labels = np.repeat(np.arange(3), [10, 40, 1])
-    sub = ev.low_shot_indices(labels, 0, fraction=0.25)
+    sub = low_shot_indices(labels, 0, fraction=0.25)
     assert np.bincount(labels[sub]).tolist() == [2, 10, 1]  # round(2.5) = 2, 10, at least one
 
 
 def test_synthetic_split_labels_match_the_clips():
     videos = SyntheticVideos(num_frames=2, size=16, length=None, seed=3)
-    split = ev.SyntheticSplit(videos, np.arange(5, 25), "motion")
+    split = SyntheticSplit(videos, np.arange(5, 25), "motion")
     assert split.labels().tolist() == [videos[i]["motion"] for i in range(5, 25)]
     small = split.restricted(np.array([0, 4]))
     assert [small[i][1] for i in range(2)] == [videos[5]["motion"], videos[9]["motion"]]

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from vjepa_fast.run import checkpoint as ckpt
 from vjepa_fast.data.loader import BatchStream
-from vjepa_fast.run.lifecycle import REQUEUE_EXIT_CODE, ignore_stop_signals, stop_signals_held
+from vjepa_fast.data.worker_signals import ignore_stop_signals, stop_signals_held
+from vjepa_fast.run.lifecycle import REQUEUE_EXIT_CODE
 
 from test_checkpoint_faults import assert_same_state
 from test_distributed_faults import alive, torchrun_cmd, wait_for

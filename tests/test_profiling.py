@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from vjepa_fast.run import profiling
+from vjepa_fast import profiling
 
 
 @pytest.fixture

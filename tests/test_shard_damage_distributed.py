@@ -50,7 +50,7 @@ def torchrun_cmd(run_dir, script=None, steps=12):
 # Runs the trainer with every shard read on rank 1 failing as a disk or network file system can fail.
 READ_ERROR_ON_RANK_1 = """
 import errno, os, runpy, sys
-from vjepa_fast.run import dcp_safe
+from vjepa_fast.weights import dcp_safe
 
 real = dcp_safe.SafeReader.read_data
 

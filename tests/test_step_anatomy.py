@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from vjepa_fast.run import profiling
+from vjepa_fast import profiling
 from vjepa_fast.config import load_config
 from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader
 from vjepa_fast.parallel import DistInfo

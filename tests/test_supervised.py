@@ -5,6 +5,7 @@ import torch
 from vjepa_fast import eval as ev
 from vjepa_fast import supervised as sup
 from vjepa_fast.config import ConfigError, load_config
+from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
 from vjepa_fast.models.vit import VisionTransformer
 
@@ -52,7 +53,7 @@ def test_synthetic_run_writes_an_encoder_file_that_eval_loads(tmp_path):
     assert r["steps"] == 3 and r["label"] == "motion" and 0 <= r["train_accuracy"] <= 1
     saved = torch.load(tmp_path / "sup.pt", weights_only=True)["encoder"]
     torch.manual_seed(cfg.train.seed)
-    assert set(saved) == set(ev.build_encoder(cfg).state_dict())
+    assert set(saved) == set(build_encoder(cfg).state_dict())
     # Same shape as the config's encoder, so the benchmark's frozen probe measures it like any other encoder.
     e = ev.EvalConfig(label="motion", epochs=1, train_samples=4, val_samples=4, device="cpu")
     result = ev.evaluate(cfg, e, tmp_path / "sup.pt")

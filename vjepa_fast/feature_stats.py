@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vjepa_fast.config import Config, ConfigError, load_config
 from vjepa_fast.models.build import build_encoder
-from vjepa_fast.run.checkpoint import CheckpointError
+from vjepa_fast.weights.training_checkpoint import CheckpointError
 from vjepa_fast.user_errors import exit_code
 from vjepa_fast.weights import CheckpointFormatError
 
@@ -73,7 +73,7 @@ def token_object_share(coverage: torch.Tensor, tubelet: int, patch: int) -> torc
 @torch.no_grad()
 def encoder_stats(cfg: Config, encoder: torch.nn.Module, clips: int, batch: int = 16) -> dict:
     from vjepa_fast.data.synthetic import SyntheticVideos, object_coverage
-    from vjepa_fast.eval import SYNTHETIC_VAL_START
+    from vjepa_fast.data.probe_splits import SYNTHETIC_VAL_START
 
     d, m = cfg.data, cfg.model
     videos = SyntheticVideos(num_frames=d.num_frames, size=d.crop_size, length=None, seed=cfg.train.seed,

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from vjepa_fast import float8, ops
 from vjepa_fast.run import checkpoint, preflight
-from vjepa_fast.run.checkpoint import CheckpointError
+from vjepa_fast.weights.training_checkpoint import CheckpointError
 from vjepa_fast.run.collapse import CollapseWatch
 from vjepa_fast.config import Config, ConfigError, dump_config, help_table, load_config, packaged_configs, save_config
 from vjepa_fast.data.loader import BatchStream, DataLoadError, MaskCollate, make_loader
@@ -43,7 +43,7 @@ from vjepa_fast.models.build import build_masker, build_model
 from vjepa_fast.models.protocol import PretrainModel
 from vjepa_fast.parallel import DistInfo, init_distributed, local_tensor, parallelize, shutdown_distributed
 from vjepa_fast.run.plots import finish_outputs
-from vjepa_fast.run.profiling import enable_nvtx, maybe_profile, nvtx_range
+from vjepa_fast.profiling import enable_nvtx, maybe_profile, nvtx_range
 from vjepa_fast.run.rundir import ResumeDecision, RunDir, RunDirError
 from vjepa_fast.run.runlog import RunLog
 from vjepa_fast.run.schedules import Schedules

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vjepa_fast.run.lifecycle import ignore_stop_signals, stop_signals_held
+from vjepa_fast.data.worker_signals import ignore_stop_signals, stop_signals_held
 from vjepa_fast.masks import PackedMasks, pack_masks
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ def make_loader(dataset: Dataset, collate: MaskCollate, batch_size: int, rank: i
 
 class BatchStream:
     """One pass over `loader` whose workers outlive no stop: started with the stop signals held back (they ignore
-    them, see vjepa_fast/run/lifecycle.py) and shut down by `close()`, so a preempted process leaves no worker behind
-    (it may leave through os._exit, which skips the loader's own clean-up)."""
+    them, see vjepa_fast/data/worker_signals.py) and shut down by `close()`, so a preempted process leaves no worker
+    behind (it may leave through os._exit, which skips the loader's own clean-up)."""
 
     def __init__(self, loader: DataLoader):
         with stop_signals_held():

@@ -10,14 +10,14 @@ import copy
 import torch
 import torch.nn as nn
 
-from vjepa_fast.run.collapse import rank_rows, token_std
+from vjepa_fast.models.collapse_stats import rank_rows, token_std
 from vjepa_fast.models.flops import vjepa_step_flops
 from vjepa_fast.masks import PackedMasks
 from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
 from vjepa_fast.models.sigreg import SIGReg
 from vjepa_fast.models.vit import stack_dims
 from vjepa_fast.ops import l1_target_loss
-from vjepa_fast.run.profiling import nvtx_range
+from vjepa_fast.profiling import nvtx_range
 
 
 class VJEPA(nn.Module):

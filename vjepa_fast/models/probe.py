@@ -5,7 +5,7 @@ themselves are never updated), then a final LayerNorm and a linear classifier re
 probes here stack further cross-attention blocks on the same tokens.
 
 Several temporal segments of one clip: concatenate their tokens along N before calling the probe (one query sees all
-of them). Several spatial views: run the probe on each view and average the predictions (see vjepa_fast/eval.py).
+of them). Several spatial views: run the probe on each view and average the predictions (see vjepa_fast/eval/probe.py).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from vjepa_fast.models.pos_embed import Grid, position_table
 from vjepa_fast.models.predictor import layout_buffer
 from vjepa_fast.models.protocol import StepStats, per_mask_mean_weights
 from vjepa_fast.models.vit import INIT_STD, LN_EPS, Block, init_weights, stack_dims
-from vjepa_fast.run.profiling import nvtx_range
+from vjepa_fast.profiling import nvtx_range
 
 PIX_EPS = 1e-6  # VideoMAE's eps on the per-patch standard deviation
 

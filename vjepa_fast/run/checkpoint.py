@@ -5,83 +5,42 @@ Layout of one checkpoint, `<run_dir>/checkpoints/step_XXXXXXXX/`:
 - `.metadata`: DCP's index of every tensor chunk (written by rank 0 after every rank finished writing);
 - `loop.pt`: the loop state (step, data error counts, world size) and `config.yaml`: the resolved config;
 - `checksums.json`: size and CRC-32 of every shard, `.metadata` and `loop.pt`, taken at save time
-  (shard_sums.py).
+  (weights/shard_sums.py).
 It is written under `step_XXXXXXXX.tmp/` and renamed by rank 0 once every rank's files are fsynced, so a name
-without `.tmp` is always complete. Reading one runs no code from it (dcp_safe.py), and a checkpoint whose files
-differ from what was written is named as damaged (`check_intact`) before anything is loaded from it. A checkpoint
-reshards on load (any world size, HSDP or not) and loads into one process for inspection (`load_payload`).
+without `.tmp` is always complete. Reading one runs no code from it (weights/dcp_safe.py), and a checkpoint whose
+files differ from what was written is named as damaged (`check_intact`) before anything is loaded from it. A
+checkpoint reshards on load (any world size, HSDP or not) and loads into one process for inspection (`load_payload`).
+The read side (the layout's names, the errors, `check_intact`, `load_payload`) is weights/training_checkpoint.py,
+below the weights loaders that read a run's checkpoints too; this module writes, prunes and loads into training.
 Single-file `step_XXXXXXXX.pt` checkpoints of earlier versions still load.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import pickle
-import re
 import shutil
-import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from vjepa_fast.run import dcp_safe, shard_sums
-from vjepa_fast.run.preflight import RunError
+from vjepa_fast.weights import dcp_safe, shard_sums
+from vjepa_fast.weights.training_checkpoint import (LOOP_FILE, METADATA_FILE, CheckpointDamaged, CheckpointError,
+                                                    CheckpointReadError, causes, check_intact, checkpoint_dir,
+                                                    list_checkpoints, load_file, load_payload, single_process_ok,
+                                                    step_path, why_failed)
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
 TMP_SUFFIX = ".tmp"
-LOOP_FILE = "loop.pt"
 CONFIG_FILE = "config.yaml"
-METADATA_FILE = ".metadata"
-
-
-class CheckpointError(RuntimeError):
-    """A save or load that failed; the message is one line saying why."""
-
-
-class CheckpointDamaged(CheckpointError):
-    """The checkpoint's files are not what was written (missing, short, another checksum, an index that is not DCP's):
-    the same for every process that reads them, so a resume falls back to an older checkpoint."""
-
-
-class CheckpointReadError(CheckpointError, RunError):
-    """The file system failed to read a file (permissions, I/O error): not proof of damage, as it may pass on retry or
-    on another rank, so nothing is renamed and the run stops. A RunError, so that the trainer reports it as it is
-    rather than as a checkpoint that does not fit the model."""
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def step_path(run_dir: str | Path, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"step_{step:08d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Committed checkpoints (sharded dirs and single files), oldest first; partial `.tmp` ones never appear."""
-    d = checkpoint_dir(run_dir)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), d / n) for n in os.listdir(d) if (m := _NAME.match(n))]
-    return sorted(found)
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    """A sharded checkpoint dir or a training checkpoint file of this project (by name)."""
-    p = Path(path)
-    return bool(_NAME.match(p.name)) and (p.is_file() or (p / METADATA_FILE).is_file())
 
 
 def remove_partial(run_dir: str | Path) -> None:
@@ -96,53 +55,6 @@ def remove_partial(run_dir: str | Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def check_intact(path: Path) -> None:
-    """Raise CheckpointDamaged or CheckpointReadError unless the checkpoint is complete and its files are the ones
-    written (index read without running code, every shard present, at its size and, where recorded, its checksum)."""
-    with _as_checkpoint_error(path):
-        if path.is_file():  # single-file format: reading it is the only check there is
-            payload = load_file(path)
-            if not (isinstance(payload, dict) and "model" in payload):
-                raise CheckpointDamaged(f"{path}: no model state in it")
-            return
-        meta_file = path / METADATA_FILE
-        try:
-            metadata = dcp_safe.read_metadata(meta_file)
-        except dcp_safe.UnsafeMetadata as e:
-            raise CheckpointDamaged(f"{meta_file} refused: {e}; nothing from it was run") from None
-        need: dict[str, int] = {}
-        for info in metadata.storage_data.values():
-            need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
-        for name, size in sorted(need.items()):
-            f = path / name
-            if not f.is_file():
-                raise CheckpointDamaged(f"{path}: {shard_sums.shard_label(name)} is missing")
-            if f.stat().st_size < size:
-                raise CheckpointDamaged(f"{path}: {shard_sums.shard_label(name)} is truncated "
-                                        f"({f.stat().st_size} of {size} bytes)")
-        why = shard_sums.damage(path, [*need, METADATA_FILE, LOOP_FILE])
-        if why is not None:
-            raise CheckpointDamaged(f"{path}: {why}")
-        load_file(path / LOOP_FILE)
-
-
-@contextlib.contextmanager
-def _as_checkpoint_error(path: Path):
-    """Any failure to read `path` as a CheckpointError: CheckpointReadError when the file system failed,
-    CheckpointDamaged when a file is gone or its content does not parse."""
-    try:
-        yield
-    except CheckpointError:
-        raise
-    except OSError as e:
-        if isinstance(e, FileNotFoundError):  # a file of the checkpoint is gone: as missing as a missing shard
-            raise CheckpointDamaged(f"{path}: {why_failed(e)}") from None
-        raise CheckpointReadError(f"{path} could not be read ({why_failed(e)}); it was left as it is: fix the file "
-                                  f"system or permissions and start again") from None
-    except Exception as e:  # an index, shard or loop state that does not parse
-        raise CheckpointDamaged(f"{path}: {why_failed(e)}") from None
-
-
 def unreadable_reason(path: Path) -> Optional[str]:
     """None when `check_intact` passes, else why the checkpoint is damaged; CheckpointReadError propagates."""
     try:
@@ -152,88 +64,11 @@ def unreadable_reason(path: Path) -> Optional[str]:
     return None
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """Load a single-file checkpoint safely (weights_only: no code runs from the file)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not _refused_by_weights_only(e):
-            raise
-        raise CheckpointDamaged(f"{path} refused: {weights_only_refusal(e)}") from None
-
-
-def _refused_by_weights_only(e: BaseException) -> bool:
-    return isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e)
-
-
-def weights_only_refusal(e: BaseException) -> str:
-    """What torch's weights-only unpickler refused, without its advice to load the file unsafely instead."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    why = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error:", "Trying to load"))), None)
-    if why is None:
-        why = next((ln for ln in lines if "weights_only" not in ln and "Weights only load failed" not in ln
-                    and "trust" not in ln), type(e).__name__)
-    why = why.removeprefix("WeightsUnpickler error:").strip()
-    why = re.split(r"\s+Please use `torch\.serialization", why)[0].rstrip(". ")
-    return f"{why}: it holds more than tensors and plain data; nothing from it was run"
-
-
-def load_payload(path: str | Path, keys: Optional[set[str]] = None) -> dict[str, Any]:
-    """The whole checkpoint in this process as full tensors: {"model": ..., "optim": ..., "step": ..., ...}.
-    `keys` (e.g. {"model"}) reads only those parts of a sharded checkpoint. CheckpointError (one line) when the
-    checkpoint is damaged, unreadable or holds anything but tensors and plain data."""
-    path = Path(path)
-    if path.is_file():
-        with _as_checkpoint_error(path):
-            return load_file(path)
-    check_intact(path)
-    try:
-        state: dict[str, Any] = {}
-        with _single_process_ok():
-            _load_state_dict(state, storage_reader=dcp_safe.SafeReader(path), no_dist=not dist.is_initialized(),
-                             planner=dcp_safe.SafeKeysPlanner(keys={keys} if isinstance(keys, str) else keys))
-    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
-        raise CheckpointError(f"{path} could not be loaded ({why_failed(e)})") from None
-    with _as_checkpoint_error(path):
-        return {**state, **load_file(path / LOOP_FILE)}
-
-
 def consolidate(path: str | Path, out: str | Path) -> Path:
     """Write a sharded checkpoint as one torch.save file (the single-file layout), e.g. for export."""
     out = Path(out)
     torch.save(load_payload(path), out)
     return out
-
-
-def _causes(e: BaseException) -> list[BaseException]:
-    """`e`, its causes and contexts, and every rank's failure a CheckpointException carries."""
-    seen: list[BaseException] = []
-    stack = [e]
-    while stack:
-        cur = stack.pop()
-        if cur is None or any(cur is s for s in seen):
-            continue
-        seen.append(cur)
-        if isinstance(cur, CheckpointException):
-            stack.extend(exc for exc, _ in cur.failures.values())
-        stack.extend([cur.__cause__, cur.__context__])
-    return seen
-
-
-def why_failed(e: BaseException) -> str:
-    """One line for a failed save or load, naming the OS reason (no space left, read-only) when there is one, or
-    what a weights-only load refused (without torch's advice to load unsafely)."""
-    seen = _causes(e)
-    for cur in seen:
-        if isinstance(cur, OSError) and cur.errno is not None:
-            where = f" ({cur.filename})" if cur.filename else ""
-            return f"{os.strerror(cur.errno).lower()}{where}"
-    for cur in seen:
-        if _refused_by_weights_only(cur):
-            return weights_only_refusal(cur)
-    inner = seen[-1] if len(seen) > 1 and isinstance(e, CheckpointException) else e
-    text = str(inner).strip().splitlines()
-    return f"{type(inner).__name__}: {text[0] if text else ''}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -245,15 +80,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 _write_synced = shard_sums.write_synced  # every file of a commit is written through this one name
-
-
-@contextlib.contextmanager
-def _single_process_ok():
-    """DCP warns that it "assumes a single process" when there is no process group: here that is the intent."""
-    with warnings.catch_warnings():
-        if not dist.is_initialized():
-            warnings.filterwarnings("ignore", message="torch.distributed is", category=UserWarning)
-        yield
 
 
 def params_finite(model: torch.nn.Module) -> bool:
@@ -318,7 +144,7 @@ class Checkpointer:
         writer = shard_sums.SummingWriter(tmp, single_file_per_rank=True, sync_files=True, thread_count=1)
         state = {"model": model_state, "optim": optim_state}
         try:
-            with _single_process_ok():
+            with single_process_ok():
                 if self.async_save:
                     future = dcp.async_save(state, storage_writer=writer, process_group=self.group,
                                             no_dist=not dist.is_initialized())
@@ -403,7 +229,7 @@ class Checkpointer:
             if path.is_dir():
                 model_state, optim_state = get_state_dict(model, optimizer)
                 state = {"model": model_state, "optim": optim_state}
-                with _single_process_ok():
+                with single_process_ok():
                     dcp.load(state, storage_reader=dcp_safe.SafeReader(path), planner=dcp_safe.SafeLoadPlanner(),
                              process_group=self.group, no_dist=not dist.is_initialized())
                 set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -418,7 +244,7 @@ class Checkpointer:
             # DCP reports every rank's failure to all ranks: name the ranks that really failed to read
             me = dist.get_rank(self.group) if dist.is_initialized() else 0
             error = (sorted(e.failures) if isinstance(e, CheckpointException) else [me], why_failed(e),
-                     any(isinstance(c, OSError) for c in _causes(e)))
+                     any(isinstance(c, OSError) for c in causes(e)))
         errors = [error]
         if dist.is_initialized():  # every rank loaded it, or every rank stops
             errors = [None] * dist.get_world_size(self.group)

@@ -13,8 +13,9 @@ A collapse into a few directions (dimensional collapse) keeps the spread and los
 values of the features, on a fixed subsample of `RANK_ROWS` token rows taken at evenly spaced positions of the step's
 rows (deterministic, every clip and mask represented). 1 means every token on one line; the most is min(rows, width).
 The model stashes the two subsamples each step (one small gather, no sync); the spectrum is computed on logged steps
-only. Unlike feature_stats.py's effective_rank (the centred features' squared spectrum, a probe-time statistic), RankMe
-takes the raw features and plain singular values, as its paper does.
+only. The model's side, `token_std` and `rank_rows`, is models/collapse_stats.py. Unlike feature_stats.py's
+effective_rank (the centred features' squared spectrum, a probe-time statistic), RankMe takes the raw features and
+plain singular values, as its paper does.
 """
 from __future__ import annotations
 
@@ -23,23 +24,6 @@ import warnings
 from typing import Optional
 
 import torch
-
-
-@torch.no_grad()
-def token_std(x: torch.Tensor) -> torch.Tensor:
-    """x [..., tokens, channels] -> the standard deviation across tokens, averaged over channels and any leading
-    dimension (fp32, on x's device)."""
-    return x.float().std(dim=-2).mean()
-
-
-RANK_ROWS = 256  # token rows per RankMe estimate: enough for a tiny model's width, cheap (one 256 x 256 eigenproblem)
-
-
-@torch.no_grad()
-def rank_rows(x: torch.Tensor, n: int = RANK_ROWS) -> torch.Tensor:
-    """x [R, D] -> a detached copy of n rows at evenly spaced positions (all rows when R <= n); no host sync."""
-    idx = torch.linspace(0, x.shape[0] - 1, min(n, x.shape[0]), device=x.device).round().long()
-    return x.detach().index_select(0, idx)
 
 
 @torch.no_grad()

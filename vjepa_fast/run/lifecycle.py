@@ -7,13 +7,11 @@ exits with `REQUEUE_EXIT_CODE`, which scripts/slurm/train.sbatch turns into a re
 
 A cluster signals every process of the job, the data-loader workers included. A worker killed by SIGTERM makes torch
 raise "DataLoader worker ... killed by signal" in the main process (from its SIGCHLD handler, at any point of the
-step), so the workers ignore the stop signals (`ignore_stop_signals`, their init function) and the main process shuts
-them down itself after the save; they are forked with the stop signals held back (`stop_signals_held`), so one that
-arrives before a worker ignores them cannot kill it either.
+step), so the workers ignore the stop signals and the main process shuts them down itself after the save
+(data/worker_signals.py, which the loader uses).
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -25,10 +23,11 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from vjepa_fast.data.worker_signals import STOP_SIGNALS
+
 log = logging.getLogger(__name__)
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Linux sends the parent-death signal whenever the creating *thread* exits (also when the process lives on in other
 # threads) and once per thread of the child: a dedicated signal lets the handler check that the parent is gone.
 PARENT_DEATH_SIGNAL = signal.SIGUSR2
@@ -65,30 +64,6 @@ def parent_died() -> bool:
 def _exit_if_orphaned(signum, frame) -> None:
     if parent_died():
         raise SystemExit("error: the launcher (torchrun) died; this worker stops with it")
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A data-loader worker's init function: the stop signals are the main process's to handle (module docstring).
-
-    Set to ignored, a signal still held back since the fork is discarded, then the hold is lifted."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-@contextlib.contextmanager
-def stop_signals_held():
-    """Hold the stop signals back in this thread while it forks workers: a child inherits the held-back set, so a
-    signal sent to it before its init function ran waits and is then discarded. A signal for this process that
-    arrives meanwhile is delivered (to the StopRequest handler) when the block ends."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StopRequest:

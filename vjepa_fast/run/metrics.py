@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from vjepa_fast.run.preflight import RunError
+from vjepa_fast.user_errors import RunError
 
 
 class MetricsLog:

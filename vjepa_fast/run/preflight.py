@@ -1,4 +1,4 @@
-"""Checks a run makes before it touches its run directory, and the one-line form of the errors a user can fix.
+"""Checks a run makes before it touches its run directory; what they find is a one-line RunError (user_errors.py).
 
 Order in `Trainer.run`: data source, optional decoder, forced backends, `train.init_from`, the stored run's config
 (on resume), a writable run dir; only then the resume itself, and only after it the resolved config is written. So a
@@ -15,20 +15,8 @@ from typing import Optional
 
 import torch
 
-from vjepa_fast.config import Config, ConfigError, load_config, single_line, to_dict
-
-
-class RunError(RuntimeError):
-    """A failure the user can fix; the message is one line naming the problem and the fix."""
-
-    def __init__(self, message: str):
-        super().__init__(single_line(str(message)))
-
-
-def one_line(e: BaseException) -> str:
-    """The last non-empty line of an error (a loader worker's error carries the worker's traceback before it)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return single_line(lines[-1]) if lines else type(e).__name__
+from vjepa_fast.config import Config, ConfigError, load_config, to_dict
+from vjepa_fast.user_errors import RunError, one_line
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from vjepa_fast.run.plots import mask_names, overlay, sample_masks, to_rgb
-from vjepa_fast.run.preflight import RunError
+from vjepa_fast.user_errors import RunError
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ def torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        from vjepa_fast.run.checkpoint import why_failed
+        from vjepa_fast.weights.training_checkpoint import why_failed
 
         raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint ({why_failed(e)})") \
             from None
@@ -69,7 +69,7 @@ def read_weights(path: str | Path) -> Weights:
     if p.is_dir():
         if (p / "config.json").is_file():
             return _read_hf_dir(p)
-        from vjepa_fast.run import checkpoint as ckpt
+        from vjepa_fast.weights import training_checkpoint as ckpt
 
         if ckpt.is_checkpoint(p):  # one sharded training checkpoint (checkpoints/step_XXXXXXXX)
             return _read_training_checkpoint(p)
@@ -146,7 +146,7 @@ def _arch_of_run_config(path: Path) -> ModelArch:
 def _read_run_dir(p: Path) -> Weights:
     """The newest checkpoint of a run directory (or of its checkpoints/ folder): the one place here that knows how a
     run stores its checkpoints."""
-    from vjepa_fast.run import checkpoint as ckpt
+    from vjepa_fast.weights import training_checkpoint as ckpt
 
     run = p.parent if p.name == "checkpoints" and not (p / "checkpoints").is_dir() else p
     found = ckpt.list_checkpoints(run)
@@ -158,7 +158,7 @@ def _read_run_dir(p: Path) -> Weights:
 
 def _read_training_checkpoint(path: Path) -> Weights:
     """A checkpoint written by training (a sharded directory or a single file): its model state only."""
-    from vjepa_fast.run import checkpoint as ckpt
+    from vjepa_fast.weights import training_checkpoint as ckpt
 
     try:
         payload = ckpt.load_payload(path, keys={"model"})
