@@ -40,6 +40,36 @@ def test_learns_a_trivially_separable_label_and_trains_the_encoder():
     assert "patch_embed.proj.weight" in changed or len(changed) > len(before) // 2, changed
 
 
+def test_the_head_phase_trains_the_head_alone_and_leaves_the_encoder_bit_identical():
+    torch.manual_seed(1)
+    encoder = VisionTransformer("tiny", img_size=32, num_frames=2)
+    head = AttentiveProbe(encoder.embed_dim, 2, encoder.num_heads)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    head_before = {k: v.clone() for k, v in head.state_dict().items()}
+    o = load_config(None, ["optim.lr=5e-3", "optim.start_lr=5e-3", "optim.warmup_steps=0"]).optim
+    r = sup.fit_classifier(encoder, head, toy_batches(2, 40), "y", 40, o, torch.device("cpu"), train_encoder=False)
+    assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
+    assert any(not torch.equal(v, head_before[k]) for k, v in head.state_dict().items())
+    assert r["train_accuracy"] >= 0.9, r  # the random encoder's tokens carry the brightness; chance is 0.5
+
+
+def test_phases_share_one_stream_so_no_batch_is_skipped_or_seen_twice():
+    seen = []
+
+    def batches():
+        for i, item in enumerate(toy_batches(3, 10, 2)):
+            seen.append(i)
+            yield item
+
+    encoder = VisionTransformer("tiny", img_size=32, num_frames=2)
+    head = AttentiveProbe(encoder.embed_dim, 2, encoder.num_heads)
+    o = load_config(None, []).optim
+    stream = batches()
+    assert sup.fit_classifier(encoder, head, stream, "y", 3, o, torch.device("cpu"), train_encoder=False)["steps"] == 3
+    assert sup.fit_classifier(encoder, head, stream, "y", 4, o, torch.device("cpu"))["steps"] == 4
+    assert seen == list(range(7))
+
+
 def test_stops_after_the_given_steps():
     encoder = VisionTransformer("tiny", img_size=32, num_frames=2)
     head = AttentiveProbe(encoder.embed_dim, 2, encoder.num_heads)
@@ -49,8 +79,9 @@ def test_stops_after_the_given_steps():
 
 def test_synthetic_run_writes_an_encoder_file_that_eval_loads(tmp_path):
     cfg = load_config(None, TINY)
-    r = sup.train_supervised(cfg, "motion", 3, tmp_path / "sup.pt", torch.device("cpu"))
-    assert r["steps"] == 3 and r["label"] == "motion" and 0 <= r["train_accuracy"] <= 1
+    r = sup.train_supervised(cfg, "motion", 4, tmp_path / "sup.pt", torch.device("cpu"))
+    assert r["steps"] == 4 and r["label"] == "motion" and 0 <= r["train_accuracy"] <= 1
+    assert r["head_steps"] == int(4 * sup.HEAD_FRACTION) == 1 and len(r["step_seconds"]) == 4
     saved = torch.load(tmp_path / "sup.pt", weights_only=True)["encoder"]
     torch.manual_seed(cfg.train.seed)
     assert set(saved) == set(build_encoder(cfg).state_dict())

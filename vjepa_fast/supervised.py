@@ -3,15 +3,24 @@
     train_supervised(cfg, label, steps, out_file) -> {"steps", "seconds", "seconds_per_step", "train_accuracy", ...}
 
 The encoder is built and initialised exactly as a pretraining run builds it (same config, same seed), an attentive
-probe head (vjepa_fast/models/probe.py) sits on its output tokens, and both are trained with cross-entropy on the label
-over the same synthetic training stream the pretraining runs read (clips 0, 1, 2, ... of seed train.seed), with the
-config's optimiser settings (AdamW, warm-up then cosine learning rate, gradient clipping). The encoder's weights are
+probe head (vjepa_fast/models/probe.py) sits on its output tokens, and they are trained with cross-entropy on the label
+over the same synthetic training stream the pretraining runs read (clips 0, 1, 2, ... of seed train.seed) in two
+phases, as linear-probing-then-fine-tuning does (Kumar et al., ICLR 2022):
+1. the head alone on the frozen encoder, for HEAD_FRACTION of the steps at HEAD_LR (cosine to 0): an attentive head
+   starts on a plateau (its query must first find the object tokens) that end-to-end training at the encoder's
+   learning rate does not leave within a CPU budget (docs/results.md), and a head that has left it gives the encoder
+   a useful gradient from the first fine-tuning step;
+2. encoder and head together for the remaining steps, with the config's optimiser settings (AdamW, warm-up then
+   cosine learning rate, gradient clipping).
+So the ceiling starts where the random encoder's probe ends and can only be trained up from there. The encoder's weights are
 saved as a weights-only file whose `encoder` entry `python -m vjepa_fast.eval --checkpoint FILE` loads, so the ceiling
 is measured by the same frozen probe as every other encoder (docs/eval.md, "Representation quality benchmark").
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,6 +35,9 @@ from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
 from vjepa_fast.run.schedules import lr_at
 
+HEAD_FRACTION = 0.25  # share of the steps that train the head alone (phase 1)
+HEAD_LR = 5e-3  # phase 1's peak learning rate: at 1e-3 the head was still on its plateau after 400 steps (batch 8)
+
 
 def _optimizer(modules, o) -> torch.optim.AdamW:
     """AdamW with the config's betas, eps and weight decay; no decay on biases, norms and the probe's query."""
@@ -37,25 +49,27 @@ def _optimizer(modules, o) -> torch.optim.AdamW:
 
 
 def fit_classifier(encoder: torch.nn.Module, head: torch.nn.Module, batches, key: str, steps: int, o, device,
-                   bf16: bool = False) -> dict:
-    """Train encoder + head with cross-entropy on item[key] over the first `steps` batches (optimiser settings `o`:
-    cfg.optim); returns steps, seconds, the seconds of every step and the training accuracy of the last fifth."""
-    opt = _optimizer((encoder, head), o)
+                   bf16: bool = False, train_encoder: bool = True) -> dict:
+    """Train head (and encoder, unless `train_encoder` is False: then it stays frozen) with cross-entropy on item[key]
+    over the first `steps` batches (optimiser settings `o`: cfg.optim); returns steps, seconds, the seconds of every
+    step and the training accuracy of the last fifth."""
+    trained = (encoder, head) if train_encoder else (head,)
+    opt = _optimizer(trained, o)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    params = [p for m in (encoder, head) for p in m.parameters()]
-    encoder.train()
+    params = [p for m in trained for p in m.parameters()]
+    encoder.train(train_encoder)
     head.train()
     step_seconds, correct, seen, loss = [], [], [], None
     t0 = last = time.perf_counter()
-    for step, item in enumerate(batches):
-        if step == steps:
-            break
+    for step, item in enumerate(itertools.islice(batches, steps)):  # islice: leaves the rest for the next phase
         for g in opt.param_groups:
             g["lr"] = lr_at(step, o.warmup_steps, steps, o.start_lr, o.lr, o.final_lr)
         video = item["video"].to(device, non_blocking=True)
         y = item[key].to(device, non_blocking=True)
         with autocast():
-            logits = head(encoder(video)).float()
+            with torch.set_grad_enabled(train_encoder):
+                tokens = encoder(video)
+            logits = head(tokens).float()
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,7 +109,17 @@ def train_supervised(cfg: Config, label: str, steps: int, out_file: Optional[Pat
     loader = DataLoader(videos, batch_size=t.batch_size, shuffle=False, num_workers=d.num_workers,
                         pin_memory=device.type == "cuda")
     bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    result = {"label": label, **fit_classifier(encoder, head, loader, LABEL_KEYS[label], steps, o, device, bf16)}
+    head_steps = int(steps * HEAD_FRACTION)
+    batches = iter(loader)
+    head_only = dataclasses.replace(o, lr=HEAD_LR, start_lr=HEAD_LR, warmup_steps=0, final_lr=0.0, clip_grad=0.0)
+    first = fit_classifier(encoder, head, batches, LABEL_KEYS[label], head_steps, head_only, device, bf16,
+                           train_encoder=False) if head_steps else None
+    both = fit_classifier(encoder, head, batches, LABEL_KEYS[label], steps - head_steps, o, device, bf16)
+    result = {"label": label, **both, "head_steps": head_steps,
+              "head_train_accuracy": first["train_accuracy"] if first else None}
+    if first:  # the whole run's time and steps; train_accuracy stays the fine-tuning phase's
+        result.update(steps=steps, seconds=first["seconds"] + both["seconds"],
+                      step_seconds=first["step_seconds"] + both["step_seconds"])
     if out_file is not None:
         out_file = Path(out_file)
         out_file.parent.mkdir(parents=True, exist_ok=True)
