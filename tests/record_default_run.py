@@ -41,10 +41,11 @@ def _run(run_dir: str, steps: int) -> list[str]:
 
     from vjepa_fast import train
     from vjepa_fast.config import load_config
+    from vjepa_fast.train import DEFAULT_RECIPE
     from vjepa_fast.data.loader import MaskCollate, build_dataset, make_loader
     from vjepa_fast.parallel import DistInfo
 
-    cfg = load_config(None, [f"run_dir={run_dir}", *OVERRIDES])
+    cfg = load_config(DEFAULT_RECIPE, [f"run_dir={run_dir}", *OVERRIDES])
     trainer = train.Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
     t = cfg.train
     collate = MaskCollate(trainer.masker, trainer.num_tokens, cfg.masks.truncate_to_batch_min)

@@ -210,3 +210,15 @@ def test_single_line_escapes_every_line_breaking_character_and_keeps_the_rest():
     out = single_line(text)
     assert len(out.splitlines()) == 1 and out.startswith("ok é ü 中 ")
     assert all(ch not in out for ch in breakers) and "\x1b" not in out
+
+
+def test_a_bare_run_is_the_tiny_recipe_with_sigreg_and_every_other_recipe_keeps_the_original_objective(capsys):
+    from vjepa_fast.config import dump_config
+
+    assert train.main(["--print-config"]) == 0
+    bare = capsys.readouterr().out
+    assert bare == dump_config(load_config("tiny"))
+    assert load_config("tiny").loss.sigreg == 0.1
+    others = [name for name in packaged_configs() if name != "tiny"]
+    assert others and all(load_config(name).loss.sigreg == 0.0 for name in others), others
+    assert load_config(None).loss.sigreg == 0.0  # the library default is the original objective

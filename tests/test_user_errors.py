@@ -40,7 +40,7 @@ def one_error_line(capsys, argv) -> str:
 
 @pytest.mark.parametrize("change, words", [
     (["model.size=small"], "model.size tiny -> small"),
-    (["method=videomae"], "method vjepa -> videomae"),
+    (["method=videomae", "loss.sigreg=0"], "method vjepa -> videomae"),
     (["train.batch_size=4"], "global batch 2 -> 4"),
     (["data.crop_size=96"], "data.crop_size 64 -> 96"),
 ])

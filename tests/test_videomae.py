@@ -219,7 +219,7 @@ def test_bad_input_errors():
 
 
 def test_training_runs_end_to_end(tmp_path, subprocess_env):
-    args = [sys.executable, "-m", "vjepa_fast.train", "method=videomae", "train.steps=6", "train.batch_size=2",
+    args = [sys.executable, "-m", "vjepa_fast.train", "--config", "videomae_tiny", "train.steps=6", "train.batch_size=2",
             "data.num_frames=4", "data.crop_size=64", "data.num_workers=0", "train.log_every=1",
             "train.progress=false", "optim.warmup_steps=1", f"run_dir={tmp_path}"]
     proc = subprocess.run(args, capture_output=True, text=True, env=subprocess_env, timeout=300)

@@ -54,6 +54,7 @@ from vjepa_fast.weights import CheckpointFormatError, load_into, model_config
 
 log = logging.getLogger("vjepa_fast.train")
 
+DEFAULT_RECIPE = "tiny"  # what a bare `train.py` runs: the packaged configs/tiny.yaml
 MIN_ATTEMPTS_FOR_ERROR_LIMIT = 100  # judge the broken-sample fraction only once it means something
 
 
@@ -562,9 +563,11 @@ def loss_term_fields(terms: Optional[torch.Tensor]) -> dict:
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (type, default, meaning); set any of them as key=value:\n" + help_table())
-    parser.add_argument("--config", help="a YAML recipe: a path, or the name of a packaged one ("
-                        + ", ".join(packaged_configs()) + ")")
+        epilog="config keys (type, library default, meaning; the recipe given to --config sets some of them, e.g. tiny "
+               "sets loss.sigreg=0.1); set any of them as key=value:\n" + help_table())
+    parser.add_argument("--config", default=DEFAULT_RECIPE,
+                        help="a YAML recipe: a path, or the name of a packaged one (" + ", ".join(packaged_configs())
+                        + f"); default: {DEFAULT_RECIPE}, the CPU quick start")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")

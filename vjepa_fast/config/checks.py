@@ -133,7 +133,8 @@ def _check_loss(cfg: Config) -> None:
     c = cfg.loss
     _require(0.0 <= c.sigreg < 1.0, "loss.sigreg", f"must be in [0, 1) (0: off), got {c.sigreg}")
     _require(c.sigreg == 0 or cfg.method == "vjepa", "loss.sigreg",
-             f"the SIGReg term is for method vjepa, not {cfg.method} (set loss.sigreg=0)")
+             f"the SIGReg term is for method vjepa, not {cfg.method} (set loss.sigreg=0, or use "
+             f"--config videomae_tiny: the tiny recipe turns the term on)")
     _require(c.sigreg_directions >= 1, "loss.sigreg_directions", f"must be >= 1, got {c.sigreg_directions}")
     _require(c.sigreg_t_max > 0, "loss.sigreg_t_max", f"must be > 0, got {c.sigreg_t_max}")
     _require(c.sigreg_t_points >= 2, "loss.sigreg_t_points", f"must be >= 2, got {c.sigreg_t_points}")
