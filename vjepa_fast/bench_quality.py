@@ -134,7 +134,8 @@ def supervise(label: str, per_step: float, minutes: float, out: Path, overrides:
     steps = budget_steps(f"supervised {label}", per_step, minutes)
     r = train_supervised(load_config(None, overrides), label, steps, out / f"supervised_{label}.pt", di.device)
     return {"method": "supervised", "steps": steps, "seconds": r["seconds"], "seconds_per_step_calibrated": per_step,
-            "train_accuracy": r["train_accuracy"], "last_loss": r["last_loss"], "checkpoint": r["checkpoint"]}
+            "train_accuracy": r["train_accuracy"], "last_loss": r["last_loss"], "checkpoint": r["checkpoint"],
+            "head_steps": r["head_steps"], "head_train_accuracy": r["head_train_accuracy"]}
 
 
 def probe(cfg: Config, ckpt_file: Optional[Path], label: str, a: argparse.Namespace, preset: dict) -> dict:
