@@ -12,9 +12,10 @@ phases, as linear-probing-then-fine-tuning does (Kumar et al., ICLR 2022):
    a useful gradient from the first fine-tuning step;
 2. encoder and head together for the remaining steps, with the config's optimiser settings (AdamW, warm-up then
    cosine learning rate, gradient clipping).
-So the ceiling starts where the random encoder's probe ends and can only be trained up from there. The encoder's weights are
-saved as a weights-only file whose `encoder` entry `python -m vjepa_fast.eval --checkpoint FILE` loads, so the ceiling
-is measured by the same frozen probe as every other encoder (docs/eval.md, "Representation quality benchmark").
+So the ceiling starts where the random encoder's probe ends and can only be trained up from there. The encoder's
+weights are saved as a weights-only file whose `encoder` entry `python -m vjepa_fast.eval --checkpoint FILE` loads, so
+the ceiling is measured by the same frozen probe as every other encoder (docs/eval.md, "Representation quality
+benchmark").
 """
 from __future__ import annotations
 
@@ -112,14 +113,13 @@ def train_supervised(cfg: Config, label: str, steps: int, out_file: Optional[Pat
     head_steps = int(steps * HEAD_FRACTION)
     batches = iter(loader)
     head_only = dataclasses.replace(o, lr=HEAD_LR, start_lr=HEAD_LR, warmup_steps=0, final_lr=0.0, clip_grad=0.0)
-    first = fit_classifier(encoder, head, batches, LABEL_KEYS[label], head_steps, head_only, device, bf16,
-                           train_encoder=False) if head_steps else None
-    both = fit_classifier(encoder, head, batches, LABEL_KEYS[label], steps - head_steps, o, device, bf16)
-    result = {"label": label, **both, "head_steps": head_steps,
-              "head_train_accuracy": first["train_accuracy"] if first else None}
-    if first:  # the whole run's time and steps; train_accuracy stays the fine-tuning phase's
-        result.update(steps=steps, seconds=first["seconds"] + both["seconds"],
-                      step_seconds=first["step_seconds"] + both["step_seconds"])
+    phases = [fit_classifier(encoder, head, batches, LABEL_KEYS[label], n, opt, device, bf16, train_encoder=both)
+              for n, opt, both in ((head_steps, head_only, False), (steps - head_steps, o, True)) if n]
+    result = {"label": label, "steps": sum(r["steps"] for r in phases),
+              "seconds": sum(r["seconds"] for r in phases),
+              "step_seconds": [s for r in phases for s in r["step_seconds"]],
+              "train_accuracy": phases[-1]["train_accuracy"], "last_loss": phases[-1]["last_loss"],  # fine-tuning's
+              "head_steps": head_steps, "head_train_accuracy": phases[0]["train_accuracy"] if head_steps else None}
     if out_file is not None:
         out_file = Path(out_file)
         out_file.parent.mkdir(parents=True, exist_ok=True)
