@@ -122,12 +122,15 @@ def fastest(calibrate, budget: float, name: str) -> tuple[RunCost, int]:
     """The faster of CALIBRATION_ROUNDS calibrations (`calibrate()` -> RunCost) and the steps it fits in `budget`."""
     cost = max((calibrate() for _ in range(CALIBRATION_ROUNDS)), key=lambda c: c.steps_within(budget))
     steps = cost.steps_within(budget)
-    log.info("%s: calibrated %.3f s/step (head-only %.3f) + %.1f s fixed -> %d steps in %.0f s", name, cost.step,
-             cost.head, cost.fixed, steps, budget)
+    head = f" ({cost.head:.3f} head-only)" if cost.head_fraction else ""
+    log.info("%s: calibrated %.3f s/step%s + %.1f s fixed -> %d steps in %.0f s", name, cost.step, head, cost.fixed,
+             steps, budget)
     return cost, steps
 
 
 def trained_row(name: str, steps: int, seconds: float, budget: float, cost: RunCost) -> dict:
+    """What every trained row records of its budget: its steps, the seconds it took next to the budget, and the
+    calibrated cost that sized it."""
     log.info("%s: trained %d steps in %.1f s of a %.0f s budget (%+.0f%%)", name, steps, seconds, budget,
              100 * (seconds / budget - 1))
     return {"steps": steps, "train_seconds": seconds, "budget_seconds": budget, "calibration": dataclasses.asdict(cost)}
