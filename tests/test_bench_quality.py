@@ -1,12 +1,15 @@
-"""The representation-quality benchmark: end to end on a tiny budget (every row trained and probed), the gap-closed
-arithmetic and the counted-label rule, the table and the chart."""
+"""The representation-quality benchmark: end to end on a tiny budget (every row trained and probed), the wall-clock
+budget (calibration arithmetic), the gap-closed arithmetic and the counted-label rule, the table and the chart."""
 import json
 import math
+import random
 
 import pytest
 
 from vjepa_fast import bench_quality as bq
-from vjepa_fast.config import load_config
+from vjepa_fast.config import ConfigError, load_config
+from vjepa_fast.supervised import HEAD_FRACTION
+from vjepa_fast.wall_budget import RunCost
 
 TINY = ["data.num_frames=4", "data.crop_size=48", "data.num_workers=0", "train.batch_size=2", "train.log_every=1",
         "optim.warmup_steps=1"]
@@ -14,8 +17,8 @@ TINY = ["data.num_frames=4", "data.crop_size=48", "data.num_workers=0", "train.b
 
 def test_smoke_tiny_budget(tmp_path, capsys, monkeypatch):
     # Fewer calibration steps than the real benchmark times: the calibration's result only sets the step counts.
-    monkeypatch.setattr(bq, "CALIBRATION_STEPS", 4)
-    monkeypatch.setattr(bq, "CALIBRATION_WARMUP", 2)
+    monkeypatch.setattr(bq, "CALIBRATION_STEADY", 2)
+    monkeypatch.setattr(bq, "CALIBRATION_WARMUP", 1)
     monkeypatch.setattr(bq, "CALIBRATION_ROUNDS", 1)
     args = ["--minutes", "0.02", "--out", str(tmp_path), "--seeds", "2", "--probe-epochs", "1", "--train-samples",
             "8", "--val-samples", "4", "--device", "cpu", *TINY]
@@ -26,9 +29,13 @@ def test_smoke_tiny_budget(tmp_path, capsys, monkeypatch):
         for label in bq.LABELS:
             cell = row[label]
             assert len(cell["accuracies"]) == 2 and 0 <= cell["mean"] <= 1 and cell["std"] >= 0, (name, label)
+    trained = [*(result["encoders"][name] for name in bq.PRETRAINED),
+               *(result["encoders"]["supervised"][label] for label in bq.LABELS)]
+    for row in trained:  # every trained row: its own training time next to the same budget, and what sized it
+        assert row["steps"] >= 1 and row["train_seconds"] > 0 and row["budget_seconds"] == pytest.approx(0.02 * 60)
+        assert row["calibration"]["step"] > 0 and row["calibration"]["fixed"] >= 0
     for name in bq.PRETRAINED:
-        row = result["encoders"][name]
-        assert row["steps"] >= 1 and row["seconds"] > 0 and (tmp_path / name / "checkpoints").is_dir()
+        assert (tmp_path / name / "checkpoints").is_dir()
     # The original objective really is off in the V-JEPA row and on in the SIGReg row.
     assert load_config(str(tmp_path / "vjepa" / "config.yaml")).loss.sigreg == 0
     assert load_config(str(tmp_path / "vjepa_sigreg" / "config.yaml")).loss.sigreg == 0.1
@@ -71,9 +78,9 @@ def fake_result(floor_motion, ceiling_motion, floor_app, ceiling_app):
             "supervised": (ceiling_motion, ceiling_app), "random": (floor_motion, floor_app)}
     encoders = {name: {"motion": _cell(m), "appearance": _cell(a)} for name, (m, a) in vals.items()}
     for name in bq.PRETRAINED:
-        encoders[name]["steps"] = 10
-    for label in bq.LABELS:
-        encoders["supervised"][label]["steps"] = 7
+        encoders[name].update(steps=10, train_seconds=59.6)
+    for label, seconds in zip(bq.LABELS, (61.2, 57.0)):
+        encoders["supervised"][label].update(steps=7, train_seconds=seconds, seconds=3.0)  # seconds: the probe's
     return {"preset": "cpu", "minutes": 1.0, "seeds": 3, "val_samples": 500, "device": "cpu", "seconds": 60.0,
             "encoders": encoders, "summary": bq.summarize(encoders)}
 
@@ -87,9 +94,11 @@ def test_summary_counts_a_label_only_with_a_30_point_gap():
     assert s["appearance"]["gap_closed"]["vjepa"] == pytest.approx((0.30 - 0.33) / 0.27)
     assert bq.summarize(fake_result(0.30, 0.60, 0.0, 1.0)["encoders"])["motion"]["counted"]  # exactly 30 points
     table = bq.markdown(r)
-    assert "| vjepa_sigreg | 10 | 0.700 +- 0.010 | +0.67 |" in table
-    assert "| vjepa | 10 | 0.400 +- 0.010 | +0.17 | 0.300 +- 0.010 | n/c |" in table  # appearance does not count
-    assert "| supervised | 7 / 7 |" in table and "Counted labels (supervised - random >= 0.30): motion;" in table
+    assert "| vjepa_sigreg | 10 | 60 | 0.700 +- 0.010 | +0.67 |" in table
+    assert "| vjepa | 10 | 60 | 0.400 +- 0.010 | +0.17 | 0.300 +- 0.010 | n/c |" in table  # appearance does not count
+    assert "| supervised | 7 / 7 | 61 / 57 |" in table and "| random | - | - |" in table
+    assert "training 1 min (60 s) per method" in table
+    assert "Counted labels (supervised - random >= 0.30): motion;" in table
     assert all(math.isfinite(v) for label in bq.LABELS for v in s[label]["gap_closed"].values())
 
 
@@ -103,3 +112,60 @@ def test_bar_chart_is_written(tmp_path):
 def test_bad_sigreg_weight_is_a_config_error(tmp_path, capsys):
     assert bq.main(["--sigreg", "0", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("config error: --sigreg")
+
+
+def simulated_run(steps, cost_of_step, fixed, rng):
+    """Step times and the wall time of a run whose step i costs cost_of_step(i) (+-5% noise), plus `fixed` seconds
+    of set-up and end and a slow start-up step."""
+    times = [cost_of_step(i) * rng.uniform(0.95, 1.05) + (2.0 if i == 0 else 0.0) for i in range(steps)]
+    return times, fixed + sum(times)
+
+
+@pytest.mark.parametrize("head_fraction", [0.0, HEAD_FRACTION])
+def test_calibration_recovers_the_cost_and_fits_the_budget(head_fraction):
+    rng = random.Random(0)
+    for _ in range(20):
+        fixed, step, head = rng.uniform(0.5, 5.0), rng.uniform(0.01, 0.5), rng.uniform(0.01, 0.5)
+        split = RunCost(0, 0, 0, head_fraction).split
+
+        def cost_of_step(i, n):
+            return head if i < split(n)[0] else step
+
+        n = bq.calibration_steps(head_fraction)
+        cal = RunCost.measure(*simulated_run(n, lambda i: cost_of_step(i, n), fixed, rng), head_fraction, warmup=4)
+        assert cal.step == pytest.approx(step, rel=0.05) and cal.fixed == pytest.approx(fixed + 2.0, rel=0.1)
+        if head_fraction:
+            assert cal.head == pytest.approx(head, rel=0.05)
+        budget = rng.uniform(30.0, 600.0)
+        steps = cal.steps_within(budget)
+        assert cal.seconds(steps) <= budget < cal.seconds(steps + 1)  # the most steps that fit
+        _, wall = simulated_run(steps, lambda i: cost_of_step(i, steps), fixed, rng)
+        assert wall == pytest.approx(budget, rel=0.06)  # the run it sized takes its budget
+
+
+def test_calibration_phases_match_the_supervised_split():
+    # The supervised ceiling's first int(n x HEAD_FRACTION) steps are head-only (vjepa_fast/supervised.py): the
+    # calibration splits its steps the same way, with enough steady steps in each phase.
+    n = bq.calibration_steps(HEAD_FRACTION)
+    head, rest = RunCost(0, 1, 1, HEAD_FRACTION).split(n)
+    assert head == int(n * HEAD_FRACTION) and head + rest == n
+    assert min(head, rest) >= bq.CALIBRATION_WARMUP + bq.CALIBRATION_STEADY
+    assert bq.calibration_steps(0.0) == bq.CALIBRATION_WARMUP + bq.CALIBRATION_STEADY
+
+
+def test_mean_not_median_and_fixed_costs_count():
+    # A slow step every fifth (a log write, a late batch) is paid by the run: the mean counts it, a median would not.
+    times = [1.0] * 4 + [0.1, 0.1, 0.1, 0.1, 0.6] * 4
+    cal = RunCost.measure(times, wall=sum(times) + 3.0, warmup=4)
+    assert cal.step == pytest.approx(0.2) and cal.fixed == pytest.approx(3.0 + 4 * 0.8)
+    assert cal.steps_within(20.0) == int((20.0 - cal.fixed) / 0.2 + 1e-9)
+    assert RunCost(fixed=100.0, step=1.0).steps_within(10.0) == 1  # a run has at least one step
+
+
+def test_calibration_too_short_or_bad_budget_is_a_config_error():
+    with pytest.raises(ConfigError, match="calibration phase"):
+        RunCost.measure([0.1] * 4, wall=1.0, warmup=4)
+    with pytest.raises(ConfigError, match="calibration phase"):
+        RunCost.measure([0.1] * 12, wall=2.0, head_fraction=0.25, warmup=4)  # 3 head-only steps
+    with pytest.raises(ConfigError, match="budget"):
+        RunCost(fixed=0.0, step=0.1).steps_within(0.0)

@@ -9,18 +9,21 @@ a label counts only where the ceiling beats the floor by COUNTED_MARGIN or more.
 DIR/quality.md (the table) and DIR/quality.png (a bar chart, when matplotlib is installed). See docs/eval.md
 "Representation quality benchmark".
 
-The budget is met by timing a few calibration steps of each method first and then running as many steps as fit in
-the budget (the schedules then span the run, as in any run), so each method gets the same time, not the same steps.
-The methods are calibrated in turn, twice, and each keeps its faster estimate, so a load spike on a shared machine
-during one calibration does not cut that method's steps. The supervised ceiling is calibrated and budgeted the same
-way, once per label.
+The budget is met by a short calibration run just before each trained run (a pretraining method, or the supervised
+ceiling on one label): it gives the cost of a run of n steps (vjepa_fast/wall_budget.py: start-up and end costs plus
+the mean steady step, per phase), and the run gets as many steps as fit in the budget (known before it starts, so the
+schedules span the run, as in any run). So each row gets the same time, not the same steps. Calibrating just before
+the run, not all up front, lets the calibration see the load the run will see on a shared machine; it runs twice and
+keeps the faster estimate, so a load spike during one calibration does not cut that row's steps. Each row's actual
+training seconds are recorded next to its budget.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import statistics
+import math
 import sys
 import time
 from pathlib import Path
@@ -32,6 +35,7 @@ from vjepa_fast import eval as ev
 from vjepa_fast.config import Config, ConfigError, load_config
 from vjepa_fast.parallel import DistInfo
 from vjepa_fast.user_errors import exit_code
+from vjepa_fast.wall_budget import RunCost
 
 log = logging.getLogger("vjepa_fast.bench_quality")
 
@@ -47,12 +51,13 @@ PRESETS = {
 # SIGReg is off outside its own row even where the base config turns it on (it exists for method vjepa only).
 PRETRAINED = {"vjepa": ("vjepa", ["loss.sigreg=0"]), "vjepa_sigreg": ("vjepa", []),
               "videomae": ("videomae", ["loss.sigreg=0"])}
-ROWS = (*PRETRAINED, "supervised")  # the trained rows, each given the same wall-clock
 LABELS = ("motion", "appearance")
 COUNTED_MARGIN = 0.30  # a label counts only where supervised beats random by this much top-1 (else no room to show)
-CALIBRATION_STEPS = 12  # the first CALIBRATION_WARMUP carry start-up costs and are not counted
+# A calibration phase (pretraining; the ceiling's head-only and end-to-end phases) runs CALIBRATION_WARMUP steps, whose
+# start-up costs go to the run's fixed cost, then CALIBRATION_STEADY steps averaged into the step cost.
 CALIBRATION_WARMUP = 4
-CALIBRATION_ROUNDS = 2
+CALIBRATION_STEADY = 12
+CALIBRATION_ROUNDS = 2  # calibrations per run, the faster kept
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -93,47 +98,73 @@ def method_config(name: str, run_dir: Path, overrides: list[str], steps: int, a:
                               "train.progress=false", "train.resume=restart", f"train.ckpt_every={steps}", *extra])
 
 
-def seconds_per_step(name: str, out: Path, overrides: list[str], a: argparse.Namespace, di: DistInfo) -> float:
-    """The median wall time of a step (data wait included) in a short throw-away run."""
-    if name == "supervised":
-        from vjepa_fast.supervised import train_supervised
-
-        r = train_supervised(load_config(None, overrides), LABELS[0], CALIBRATION_STEPS, device=di.device)
-        return statistics.median(r["step_seconds"][CALIBRATION_WARMUP:])
-    from vjepa_fast.train import Trainer
-
-    cfg = method_config(name, out / f"calibrate_{name}", overrides, CALIBRATION_STEPS, a, ("train.log_every=1",))
-    rows = Trainer(cfg, di).run()[CALIBRATION_WARMUP:]
-    return statistics.median(cfg.train.batch_size / r["clips_per_s"] for r in rows)
+def calibration_steps(head_fraction: float) -> int:
+    """Steps of a calibration run whose phases (the first int(n x head_fraction) steps, the rest) each have
+    CALIBRATION_WARMUP + CALIBRATION_STEADY steps or more."""
+    phase = CALIBRATION_WARMUP + CALIBRATION_STEADY
+    return math.ceil(phase / min(head_fraction, 1 - head_fraction)) if head_fraction else phase
 
 
-def budget_steps(name: str, per_step: float, minutes: float) -> int:
-    steps = max(1, int(minutes * 60 / per_step))
-    log.info("%s: %.3f s/step calibrated -> %d steps in %.1f minutes", name, per_step, steps, minutes)
-    return steps
-
-
-def pretrain(name: str, per_step: float, minutes: float, out: Path, overrides: list[str], a: argparse.Namespace,
-             di: DistInfo) -> dict:
-    from vjepa_fast.train import Trainer
-
-    steps = budget_steps(name, per_step, minutes)
-    run_dir = out / name
-    cfg = method_config(name, run_dir, overrides, steps, a)
+def timed(fn, *args) -> tuple:
+    """(fn(*args), its wall seconds): a calibration and the run it sizes are timed the same way, whole."""
     t0 = time.perf_counter()
-    rows = Trainer(cfg, di).run()
-    wall = time.perf_counter() - t0
-    return {"method": PRETRAINED[name][0], "steps": steps, "seconds": wall, "seconds_per_step_calibrated": per_step,
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def train_pretrained(cfg: Config, di: DistInfo) -> list[dict]:
+    from vjepa_fast.train import Trainer
+
+    return Trainer(cfg, di).run()
+
+
+def fastest(calibrate, budget: float, name: str) -> tuple[RunCost, int]:
+    """The faster of CALIBRATION_ROUNDS calibrations (`calibrate()` -> RunCost) and the steps it fits in `budget`."""
+    cost = max((calibrate() for _ in range(CALIBRATION_ROUNDS)), key=lambda c: c.steps_within(budget))
+    steps = cost.steps_within(budget)
+    head = f" ({cost.head:.3f} head-only)" if cost.head_fraction else ""
+    log.info("%s: calibrated %.3f s/step%s + %.1f s fixed -> %d steps in %.0f s", name, cost.step, head, cost.fixed,
+             steps, budget)
+    return cost, steps
+
+
+def trained_row(name: str, steps: int, seconds: float, budget: float, cost: RunCost) -> dict:
+    """What every trained row records of its budget: its steps, the seconds it took next to the budget, and the
+    calibrated cost that sized it."""
+    log.info("%s: trained %d steps in %.1f s of a %.0f s budget (%+.0f%%)", name, steps, seconds, budget,
+             100 * (seconds / budget - 1))
+    return {"steps": steps, "train_seconds": seconds, "budget_seconds": budget, "calibration": dataclasses.asdict(cost)}
+
+
+def pretrain(name: str, budget: float, out: Path, overrides: list[str], a: argparse.Namespace, di: DistInfo) -> dict:
+    def calibrate() -> RunCost:
+        n = calibration_steps(0.0)
+        cfg = method_config(name, out / f"calibrate_{name}", overrides, n, a, ("train.log_every=1",))
+        rows, wall = timed(train_pretrained, cfg, di)  # one row a step: its window is that step's wall time
+        return RunCost.measure([cfg.train.batch_size / r["clips_per_s"] for r in rows], wall,
+                               warmup=CALIBRATION_WARMUP)
+
+    cost, steps = fastest(calibrate, budget, name)
+    run_dir = out / name
+    rows, wall = timed(train_pretrained, method_config(name, run_dir, overrides, steps, a), di)
+    return {"method": PRETRAINED[name][0], **trained_row(name, steps, wall, budget, cost),
             "first_loss": rows[0]["loss"] if rows else None, "last_loss": rows[-1]["loss"] if rows else None,
             "run_dir": str(run_dir)}
 
 
-def supervise(label: str, per_step: float, minutes: float, out: Path, overrides: list[str], di: DistInfo) -> dict:
-    from vjepa_fast.supervised import train_supervised
+def supervise(label: str, budget: float, out: Path, overrides: list[str], di: DistInfo) -> dict:
+    from vjepa_fast.supervised import HEAD_FRACTION, train_supervised
 
-    steps = budget_steps(f"supervised {label}", per_step, minutes)
-    r = train_supervised(load_config(None, overrides), label, steps, out / f"supervised_{label}.pt", di.device)
-    return {"method": "supervised", "steps": steps, "seconds": r["seconds"], "seconds_per_step_calibrated": per_step,
+    cfg = load_config(None, overrides)
+
+    def calibrate() -> RunCost:
+        r, wall = timed(train_supervised, cfg, label, calibration_steps(HEAD_FRACTION), None, di.device)
+        return RunCost.measure(r["step_seconds"], wall, HEAD_FRACTION, CALIBRATION_WARMUP)
+
+    name = f"supervised {label}"
+    cost, steps = fastest(calibrate, budget, name)
+    r, wall = timed(train_supervised, cfg, label, steps, out / f"supervised_{label}.pt", di.device)
+    return {"method": "supervised", **trained_row(name, steps, wall, budget, cost),
             "train_accuracy": r["train_accuracy"], "last_loss": r["last_loss"], "checkpoint": r["checkpoint"],
             "head_steps": r["head_steps"], "head_train_accuracy": r["head_train_accuracy"]}
 
@@ -175,10 +206,10 @@ def markdown(result: dict) -> str:
     s = result["summary"]
     head = " | ".join(f"{label} | gap closed" for label in LABELS)
     lines = [f"Frozen attentive probe, top-1 on {result['val_samples']} validation clips, mean +- std over "
-             f"{result['seeds']} probe seeds; training {result['minutes']:g} min per method and label (preset "
-             f"{result['preset']}, {result['device']}). Gap closed = (method - random) / (supervised - random); "
-             "n/c: the label does not count.", "",
-             f"| encoder | steps | {head} |", "|---|---|" + "---|---|" * len(LABELS)]
+             f"{result['seeds']} probe seeds; training {result['minutes']:g} min ({result['minutes'] * 60:.0f} s) per "
+             f"method and label (preset {result['preset']}, {result['device']}); train s: the seconds each training "
+             "actually took. Gap closed = (method - random) / (supervised - random); n/c: the label does not count.",
+             "", f"| encoder | steps | train s | {head} |", "|---|---|---|" + "---|---|" * len(LABELS)]
     for name, row in result["encoders"].items():
         cells = []
         for label in LABELS:
@@ -186,10 +217,10 @@ def markdown(result: dict) -> str:
             # A gap closed on a label that does not count divides by a ceiling - floor too small to mean anything.
             shown = "-" if g is None else (f"{g:+.2f}" if s[label]["counted"] else "n/c")
             cells += [_cell(row, label), shown]
-        steps = row.get("steps")
-        if name == "supervised":
-            steps = " / ".join(f"{row[label]['steps']}" for label in LABELS)
-        lines.append(f"| {name} | {steps if steps is not None else '-'} | " + " | ".join(cells) + " |")
+        trained = [row[label] for label in LABELS] if name == "supervised" else [row] if "steps" in row else []
+        steps = " / ".join(f"{t['steps']}" for t in trained) or "-"
+        seconds = " / ".join(f"{t['train_seconds']:.0f}" for t in trained) or "-"
+        lines.append(f"| {name} | {steps} | {seconds} | " + " | ".join(cells) + " |")
     counted = [label for label in LABELS if s[label]["counted"]]
     lines += ["", f"Counted labels (supervised - random >= {COUNTED_MARGIN:.2f}): "
               f"{', '.join(counted) if counted else 'none'}; "
@@ -241,13 +272,10 @@ def run(a: argparse.Namespace) -> dict:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     di = DistInfo(0, 1, 0, device)
     t0 = time.perf_counter()
-    per_step = {m: float("inf") for m in ROWS}
-    for _ in range(CALIBRATION_ROUNDS):  # in turn, so all see the machine at about the same times
-        for m in ROWS:
-            per_step[m] = min(per_step[m], seconds_per_step(m, out, overrides, a, di))
+    budget = minutes * 60
     # All training first, back to back, so the time budgets see the machine at about the same time; then probes.
-    runs = {name: pretrain(name, per_step[name], minutes, out, overrides, a, di) for name in PRETRAINED}
-    supervised = {label: supervise(label, per_step["supervised"], minutes, out, overrides, di) for label in LABELS}
+    runs = {name: pretrain(name, budget, out, overrides, a, di) for name in PRETRAINED}
+    supervised = {label: supervise(label, budget, out, overrides, di) for label in LABELS}
     encoders: dict[str, dict] = {}
     for name, run_info in runs.items():
         cfg = load_config(str(Path(run_info["run_dir"]) / "config.yaml"))
