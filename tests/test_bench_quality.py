@@ -29,6 +29,7 @@ def test_smoke_tiny_budget(tmp_path, capsys, monkeypatch):
         for label in bq.LABELS:
             cell = row[label]
             assert len(cell["accuracies"]) == 2 and 0 <= cell["mean"] <= 1 and cell["std"] >= 0, (name, label)
+            assert cell["seeds"] == [0, 1] and all(isinstance(p, bool) for p in cell["plateau"]), (name, label)
     trained = [*(result["encoders"][name] for name in bq.PRETRAINED),
                *(result["encoders"]["supervised"][label] for label in bq.LABELS)]
     for row in trained:  # every trained row: its own training time next to the same budget, and what sized it
@@ -69,8 +70,8 @@ def test_gap_closed_arithmetic():
     assert bq.gap_closed(0.5, 0.6, 0.6) is None and bq.gap_closed(0.5, 0.6, 0.4) is None  # no gap to close
 
 
-def _cell(mean, std=0.01):
-    return {"mean": mean, "std": std, "accuracies": [mean - std, mean + std]}
+def _cell(mean, std=0.01, plateau=(False, False)):
+    return {"mean": mean, "std": std, "accuracies": [mean - std, mean + std], "seeds": [0, 1], "plateau": list(plateau)}
 
 
 def fake_result(floor_motion, ceiling_motion, floor_app, ceiling_app):
@@ -100,6 +101,20 @@ def test_summary_counts_a_label_only_with_a_30_point_gap():
     assert "training 1 min (60 s) per method" in table
     assert "Counted labels (supervised - random >= 0.30): motion;" in table
     assert all(math.isfinite(v) for label in bq.LABELS for v in s[label]["gap_closed"].values())
+
+
+def test_table_marks_means_that_include_plateau_seeds():
+    r = fake_result(0.30, 0.90, 0.33, 0.60)
+    assert "*" not in bq.markdown(r) and "plateau" not in bq.markdown(r)  # no probe on its plateau: no mark
+    r["encoders"]["random"]["motion"] = _cell(0.20, 0.08, plateau=(False, True))
+    r["encoders"]["vjepa"]["appearance"] = _cell(0.06, plateau=(True, True))
+    table = bq.markdown(r)
+    assert "| random | - | - | 0.200 +- 0.080* |" in table
+    assert "| vjepa | 10 | 60 | 0.400 +- 0.010 | +0.17 | 0.060 +- 0.010* |" in table
+    assert table.count("*") == 3  # the two cells and the line that explains the mark
+    note = next(line for line in table.splitlines() if line.startswith("`*`"))
+    assert "within 5% of the chance loss" in note
+    assert note.endswith(": vjepa appearance (seeds 0, 1); random motion (seed 1).")
 
 
 def test_bar_chart_is_written(tmp_path):

@@ -1,14 +1,17 @@
 """Frozen evaluation: the attentive probe, frozen feature layout, checkpoint loading and the eval entry point."""
+import contextlib
 import json
 import math
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from vjepa_fast import eval as ev
+from vjepa_fast.data.probe_splits import Split
 from vjepa_fast.eval import features as ev_features, options as ev_options, probe as ev_probe
 from vjepa_fast.run.checkpoint import load_payload
 from vjepa_fast import train
@@ -112,6 +115,47 @@ def test_probe_learns_a_separable_problem():
     assert n == 256 and acc > 0.9
 
 
+def cached_features(x, y, seed, shuffle):
+    """Features of a split whose cache already holds (x [n, V, N, D], y [n]): the probe trains on these directly."""
+    enc = types.SimpleNamespace(num_tokens=x.shape[2], embed_dim=x.shape[3])
+    feats = ev_features.Features(enc, Split(list(range(len(y))), 1, 1, False), batch_size=32,
+                                 device=torch.device("cpu"), autocast=contextlib.nullcontext, num_workers=0,
+                                 seed=seed, shuffle=shuffle, name="train" if shuffle else "val")
+    feats.cache = (x, y)
+    return feats
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probe_without_label_information_ends_on_its_plateau(seed):
+    # Every clip has the same tokens, so the probe can learn the label frequencies and nothing else. The labels are
+    # unbalanced: the best it can do (their entropy) is more than PLATEAU_MARGIN below ln C, so comparing with ln C
+    # alone would miss it. The same clips with the label one-hot encoded in one token's features: it leaves.
+    C, N, D, n = 9, 8, 32, 384
+    g = torch.Generator().manual_seed(seed)
+    y = torch.multinomial(torch.tensor([8.0, 4, 2, 1, 1, 1, 1, 1, 1]), n, replacement=True, generator=g)
+    blank = torch.randn(1, 1, N, D, generator=g).repeat(n, 1, 1, 1)
+    readable = blank.clone()
+    readable[:, 0, 0, :C] += 3 * torch.nn.functional.one_hot(y, C)
+    enc = types.SimpleNamespace(embed_dim=D, num_heads=4)
+    e = ev.EvalConfig(epochs=12, seed=seed)
+    counts = torch.bincount(y, minlength=C).double()
+    entropy = float(-(counts / n * (counts / n).clamp_min(1e-30).log()).sum())
+    runs = {name: ev_probe.train_probe(cached_features(x, y, seed, True), cached_features(x, y, seed, False), enc, C,
+                                       e, torch.device("cpu"))
+            for name, x in (("blank", blank), ("readable", readable))}
+    for r in runs.values():
+        assert r["chance_loss"] == pytest.approx(entropy, rel=1e-6)
+        assert r["train_loss"] == r["history"][-1]["train_loss"]
+    assert entropy < (1 - ev.PLATEAU_MARGIN) * math.log(C)
+    blank_run, readable_run = runs["blank"], runs["readable"]
+    # On the plateau the loss is the chance loss (the reference is right), and the flag says so.
+    assert blank_run["train_loss"] == pytest.approx(entropy, rel=0.02) and blank_run["plateau"] is True
+    assert readable_run["train_loss"] < 0.8 * entropy and readable_run["plateau"] is False
+    assert readable_run["accuracy"] > blank_run["accuracy"] + 0.2
+    with pytest.raises(ev.EvalError, match="out of range for 9 classes"):
+        list(ev_probe.counting([(blank[:2], torch.tensor([3, 9]))], torch.zeros(C, dtype=torch.long)))
+
+
 def test_cosine_lr():
     assert ev_probe.cosine_lr(0, 10, 1e-3) == pytest.approx(1e-3)
     assert ev_probe.cosine_lr(5, 10, 1e-3) == pytest.approx(5e-4)
@@ -207,6 +251,25 @@ def test_random_baseline_says_so(tmp_path, capsys, caplog):
     assert res["baseline"] is True and res["encoder"] == "random" and res["checkpoint"] is None
     assert res["label"] == "appearance" and res["num_classes"] == 18 and res["val_samples"] == 5
     assert "randomly initialised" in caplog.text
+
+
+def test_plateau_seeds_are_warned_counted_and_recorded(tmp_path, capsys, caplog):
+    # One optimizer step per seed: no probe leaves its plateau in one step.
+    out = tmp_path / "plateau.json"
+    rc = ev.main([str(a) for a in ["--epochs", "1", "--seeds", "2", "--train-samples", "8", "--val-samples", "4",
+                                   "--out", out, *TINY]])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["plateau_per_seed"] == [True, True] and len(res["train_loss_per_seed"]) == 2
+    for loss, chance in zip(res["train_loss_per_seed"], res["chance_loss_per_seed"]):
+        assert 0 < chance <= math.log(18) + 1e-9 and loss > (1 - ev.PLATEAU_MARGIN) * chance
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "plateau" in r.getMessage()]
+    assert len(warnings) == 2
+    for seed, msg in zip((0, 1), warnings):
+        loss = res["train_loss_per_seed"][seed]
+        assert msg.startswith(f"seed {seed}: the probe ended on its plateau (final training loss {loss:.3f}")
+        assert f"ln 18 = {math.log(18):.3f}" in msg and "--epochs" in msg and "--lr" in msg
+    assert "over 2 seeds, 2 on the probe's plateau" in capsys.readouterr().out
 
 
 def test_real_videos_with_segments_and_views(tmp_path, capsys):

@@ -176,8 +176,9 @@ def probe(cfg: Config, ckpt_file: Optional[Path], label: str, a: argparse.Namesp
                       val_samples=a.val_samples or p["val_samples"])
     ev.validate_eval(e)
     r = ev.evaluate(cfg, e, ckpt_file)
-    return {"mean": r["accuracy"], "std": r["accuracy_std"], "accuracies": r["accuracies"],
-            "train_accuracy": r["history"][-1]["train_accuracy"], "seconds": r["seconds"]}
+    return {"mean": r["accuracy"], "std": r["accuracy_std"], "accuracies": r["accuracies"], "seeds": r["seeds"],
+            "plateau": r["plateau_per_seed"], "train_accuracy": r["history"][-1]["train_accuracy"],
+            "seconds": r["seconds"]}
 
 
 def gap_closed(method: float, floor: float, ceiling: float) -> Optional[float]:
@@ -197,9 +198,15 @@ def summarize(encoders: dict) -> dict:
     return out
 
 
+def plateau_seeds(cell: dict) -> list[int]:
+    """The probe seeds of a cell that ended on the probe's plateau (docs/eval.md, "The probe")."""
+    return [seed for seed, stuck in zip(cell["seeds"], cell["plateau"]) if stuck]
+
+
 def _cell(row: dict, label: str) -> str:
     c = row.get(label)
-    return "-" if c is None else f"{c['mean']:.3f} +- {c['std']:.3f}"
+    # `*`: the mean includes seeds whose probe never left its plateau (they measure the probe's seed, not the encoder).
+    return "-" if c is None else f"{c['mean']:.3f} +- {c['std']:.3f}{'*' if plateau_seeds(c) else ''}"
 
 
 def markdown(result: dict) -> str:
@@ -221,6 +228,12 @@ def markdown(result: dict) -> str:
         steps = " / ".join(f"{t['steps']}" for t in trained) or "-"
         seconds = " / ".join(f"{t['train_seconds']:.0f}" for t in trained) or "-"
         lines.append(f"| {name} | {steps} | {seconds} | " + " | ".join(cells) + " |")
+    stuck = [f"{name} {label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+             for name, row in result["encoders"].items() for label in LABELS
+             if (seeds := plateau_seeds(row[label]))]
+    if stuck:
+        lines += ["", "`*` the mean includes probes that ended on their plateau (final training loss within "
+                  f"{ev.PLATEAU_MARGIN:.0%} of the chance loss; more --probe-epochs): {'; '.join(stuck)}."]
     counted = [label for label in LABELS if s[label]["counted"]]
     lines += ["", f"Counted labels (supervised - random >= {COUNTED_MARGIN:.2f}): "
               f"{', '.join(counted) if counted else 'none'}; "

@@ -12,7 +12,8 @@ from vjepa_fast.eval.cli import main, parse_args
 from vjepa_fast.eval.features import freeze
 from vjepa_fast.eval.options import EvalConfig, EvalError, validate_eval
 from vjepa_fast.eval.pipeline import evaluate
+from vjepa_fast.eval.probe import PLATEAU_MARGIN
 from vjepa_fast.eval.splits import build_splits
 
-__all__ = ["EvalConfig", "EvalError", "build_splits", "evaluate", "freeze", "load_encoder_weights", "main",
-           "parse_args", "resolve_checkpoint", "validate_eval"]
+__all__ = ["PLATEAU_MARGIN", "EvalConfig", "EvalError", "build_splits", "evaluate", "freeze", "load_encoder_weights",
+           "main", "parse_args", "resolve_checkpoint", "validate_eval"]

@@ -76,7 +76,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if e.out:
             write_result(result, e.out)
             log.info("wrote %s", e.out)
-        spread = f" +- {result['accuracy_std']:.4f} over {e.seeds} seeds" if e.seeds > 1 else ""
+        stuck = sum(result["plateau_per_seed"])
+        if e.seeds > 1:
+            spread = f" +- {result['accuracy_std']:.4f} over {e.seeds} seeds, {stuck} on the probe's plateau"
+        else:
+            spread = " on the probe's plateau" if stuck else ""
         print(f"top-1 accuracy {result['accuracy']:.4f}{spread} ({result['label']}, {result['val_samples']} val "
               f"clips, {result['encoder']} encoder{' - random-init baseline' if result['baseline'] else ''})")
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -23,6 +24,13 @@ from vjepa_fast.models.build import build_encoder
 from vjepa_fast.weights.load import open_encoder
 
 log = logging.getLogger("vjepa_fast.eval")
+
+
+def warn_plateau(seed: int, run: dict, num_classes: int, e: EvalConfig) -> None:
+    log.warning("seed %d: the probe ended on its plateau (final training loss %.3f, chance loss %.3f, ln %d = %.3f): "
+                "its accuracy %.4f measures the probe's seed, not the encoder; train it longer (--epochs, %d here) "
+                "or with a higher --lr (%g here)", seed, run["train_loss"], run["chance_loss"], num_classes,
+                math.log(num_classes), run["accuracy"], e.epochs, e.lr)
 
 
 def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_from_file: bool = False) -> dict:
@@ -66,6 +74,8 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_
         runs.append(train_probe(feats, val_feats, encoder, num_classes, dataclasses.replace(e, seed=seed), device))
         runs[-1]["train_samples"] = len(split.dataset)
         log.info("seed %d: top-1 accuracy %.4f (%d train clips)", seed, runs[-1]["accuracy"], len(split.dataset))
+        if runs[-1]["plateau"]:
+            warn_plateau(seed, runs[-1], num_classes, e)
     accs = np.array([r["accuracy"] for r in runs])
     val_acc, n_val, history = float(accs.mean()), runs[-1]["val_samples"], runs[-1]["history"]
     return {
@@ -73,6 +83,8 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_
         "accuracies": accs.tolist(), "seeds": list(range(e.seed, e.seed + e.seeds)),
         "labels_per_class": e.labels_per_class, "label_fraction": e.label_fraction,
         "train_samples_per_seed": [r["train_samples"] for r in runs],
+        "plateau_per_seed": [r["plateau"] for r in runs], "train_loss_per_seed": [r["train_loss"] for r in runs],
+        "chance_loss_per_seed": [r["chance_loss"] for r in runs],
         "val_samples": n_val, "train_samples": runs[-1]["train_samples"], "epochs": e.epochs,
         "checkpoint": str(ckpt_file) if ckpt_file is not None else None, "encoder": which,
         "baseline": ckpt_file is None, "label": label, "num_classes": num_classes,
