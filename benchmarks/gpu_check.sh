@@ -16,7 +16,8 @@
 #   -> a short real training run (torchrun, the default config) -> the other kernel benchmarks
 #   -> the step anatomy again ("after") -> merge into bench.json and render summary.md.
 # GPU_CHECK_PHASES="gpu_tests bench_attention ..." runs only the named phases (install always runs when a later phase
-# needs the extension); GPU_CHECK_BENCH_K adds a pytest -k filter to the attention benchmark.
+# needs the extension); GPU_CHECK_BENCH_K adds a pytest -k filter to the attention benchmark. The phase "quality"
+# (the representation-quality benchmark) runs only when named: GPU_CHECK_PHASES=quality GPU_CHECK_BUDGET=570.
 # $OUT ends up with a handful of files (summary.md, phases.txt, bench.json, flash_varlen_tuned.json, roofline.json,
 # anatomy_{before,after}.{json,md}, gpu_tests.xml, details.tar.gz with every log and raw benchmark file), small
 # enough to copy back from a lent machine.
@@ -103,8 +104,11 @@ install_ext() {
     ext_status
   fi
 }
-install_ext > "$LOGS/install_driver.log" 2>&1 &
-INSTALL_PID=$!
+INSTALL_PID=
+if [ "${GPU_CHECK_PHASES:-}" != quality ]; then  # the quality benchmark alone runs on the torch fallbacks: no build
+  install_ext > "$LOGS/install_driver.log" 2>&1 &  # competing with its data loaders for the CPU
+  INSTALL_PID=$!
+fi
 
 # ---- the machine -------------------------------------------------------------------------------------------------
 nvidia-smi > "$LOGS/nvidia-smi.log" 2>&1 || echo "nvidia-smi failed" >> "$LOGS/nvidia-smi.log"
@@ -139,9 +143,11 @@ bench() {  # bench NAME MAX_SECONDS PYTEST_ARGS...
 bench attention 120 benchmarks/test_bench_attention.py ${GPU_CHECK_BENCH_K:+-k "$GPU_CHECK_BENCH_K"}
 
 # ---- correctness on the GPU (needs the extension) ----------------------------------------------------------------
-wait "$INSTALL_PID"
-cat "$LOGS/install_driver.log"
-cat "$LOGS/extension.log"
+if [ -n "$INSTALL_PID" ]; then
+  wait "$INSTALL_PID"
+  cat "$LOGS/install_driver.log"
+  cat "$LOGS/extension.log"
+fi
 run_phase gpu_tests 110 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
   --junitxml="$OUT/gpu_tests.xml"
 grep -E "passed|failed|error|no tests ran" "$LOGS/gpu_tests.log" | tail -n 3
@@ -167,6 +173,16 @@ run_phase anatomy_after 150 "$PY" benchmarks/step_anatomy.py --tag after "${ANAT
 run_phase anatomy_dense_cudnn 150 "$PY" benchmarks/step_anatomy.py --tag dense_cudnn "${ANATOMY_ARGS[@]}" \
   backends.dense_attention=sdpa_cudnn
 
+# ---- representation quality: only when named (GPU_CHECK_PHASES="quality"), as it needs a device session of its own.
+# bench_quality's GPU preset, shortened by GPU_CHECK_QUALITY_ARGS to fit one call (docs/eval.md); its table, JSON and
+# chart are copied to $OUT.
+if [[ " ${GPU_CHECK_PHASES:-} " == *" quality "* ]]; then
+  read -r -a QUALITY_ARGS <<< "${GPU_CHECK_QUALITY_ARGS:---minutes 1 --probe-epochs 10}"
+  run_phase quality 560 "$PY" -m vjepa_fast.bench_quality --preset gpu --out "$WORK/quality" "${QUALITY_ARGS[@]}"
+  for f in quality.md quality.json quality.png; do cp "$WORK/quality/$f" "$OUT/" 2>/dev/null; done
+  grep -E "wall time|Counted" "$LOGS/quality.log" | tail -n 3
+fi
+
 # ---- merge, render, pack -----------------------------------------------------------------------------------------
 shopt -s nullglob
 jsons=("$RAW"/bench_*.json)
@@ -174,7 +190,7 @@ if [ ${#jsons[@]} -gt 0 ]; then
   "$PY" benchmarks/render_summary.py "${jsons[@]}" --merged-json "$OUT/bench.json" --out "$OUT/summary.md" \
     > "$LOGS/render.log" 2>&1 || echo "render failed: see $LOGS/render.log"
 else
-  echo "no benchmark produced results" | tee "$OUT/summary.md"
+  echo "no kernel or step benchmark produced results" | tee "$OUT/summary.md"
 fi
 {
   echo
@@ -188,6 +204,8 @@ fi
   for tag in before after dense_cudnn; do
     if [ -f "$OUT/anatomy_$tag.md" ]; then echo; echo "## Step anatomy ($tag)"; echo; sed 1d "$OUT/anatomy_$tag.md"; fi
   done
+  if [ -f "$OUT/quality.md" ]; then echo; echo "## Representation quality (bench_quality --preset gpu)"; echo
+    cat "$OUT/quality.md"; fi
   if [ -f "$LOGS/tune_attention.log" ]; then
     echo
     echo "## Attention block-size tuning (benchmarks/tune_attention.py)"
