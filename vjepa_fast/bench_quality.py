@@ -11,11 +11,12 @@ DIR/quality.md (the table) and DIR/quality.png (a bar chart, when matplotlib is 
 
 The budget is met by a short calibration run just before each trained run (a pretraining method, or the supervised
 ceiling on one label): it gives the cost of a run of n steps (vjepa_fast/wall_budget.py: start-up and end costs plus
-the mean steady step, per phase), and the run gets as many steps as fit in the budget (known before it starts, so the
-schedules span the run, as in any run). So each row gets the same time, not the same steps. Calibrating just before
-the run, not all up front, lets the calibration see the load the run will see on a shared machine; it runs twice and
-keeps the faster estimate, so a load spike during one calibration does not cut that row's steps. Each row's actual
-training seconds are recorded next to its budget.
+the mean steady step; the ceiling's head phase, the same work whatever its step count, counts as start-up), and the
+run gets as many steps as fit in the budget (known before it starts, so the schedules span the run, as in any run). So
+each row gets the same time, not the same steps. Calibrating just before the run, not all up front, lets the
+calibration see the load the run will see on a shared machine; it runs twice and keeps the faster estimate, so a load
+spike during one calibration does not cut that row's steps. Each row's actual training seconds are recorded next to
+its budget.
 """
 from __future__ import annotations
 
