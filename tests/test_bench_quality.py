@@ -3,12 +3,13 @@ budget (calibration arithmetic), the gap-closed arithmetic and the counted-label
 import json
 import math
 import random
+import types
 
 import pytest
 
 from vjepa_fast import bench_quality as bq
+from vjepa_fast import supervised
 from vjepa_fast.config import ConfigError, load_config
-from vjepa_fast.supervised import HEAD_FRACTION
 from vjepa_fast.wall_budget import RunCost
 
 TINY = ["data.num_frames=4", "data.crop_size=48", "data.num_workers=0", "train.batch_size=2", "train.log_every=1",
@@ -20,6 +21,8 @@ def test_smoke_tiny_budget(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bq, "CALIBRATION_STEADY", 2)
     monkeypatch.setattr(bq, "CALIBRATION_WARMUP", 1)
     monkeypatch.setattr(bq, "CALIBRATION_ROUNDS", 1)
+    monkeypatch.setattr(supervised, "HEAD_CLIPS", 4)  # the ceiling's head phase: 2 batches of 2, 2 epochs
+    monkeypatch.setattr(supervised, "HEAD_EPOCHS", 2)
     args = ["--minutes", "0.02", "--out", str(tmp_path), "--seeds", "2", "--probe-epochs", "1", "--train-samples",
             "8", "--val-samples", "4", "--device", "cpu", *TINY]
     assert bq.main(args) == 0
@@ -43,6 +46,8 @@ def test_smoke_tiny_budget(tmp_path, capsys, monkeypatch):
     for label in bq.LABELS:
         sup = result["encoders"]["supervised"][label]
         assert sup["steps"] >= 1 and (tmp_path / f"supervised_{label}.pt").is_file()
+        assert sup["head_clips"] == 4 and sup["head_epochs"] == 2 and sup["head_seconds"] > 0
+        assert 0 <= sup["head_train_accuracy"] <= 1
         s = result["summary"][label]
         assert s["floor"] == result["encoders"]["random"][label]["mean"]
         assert s["ceiling"] == sup["mean"] and set(s["gap_closed"]) == set(bq.PRETRAINED)
@@ -136,36 +141,48 @@ def simulated_run(steps, cost_of_step, fixed, rng):
     return times, fixed + sum(times)
 
 
-@pytest.mark.parametrize("head_fraction", [0.0, HEAD_FRACTION])
-def test_calibration_recovers_the_cost_and_fits_the_budget(head_fraction):
+def test_calibration_recovers_the_cost_and_fits_the_budget():
     rng = random.Random(0)
     for _ in range(20):
-        fixed, step, head = rng.uniform(0.5, 5.0), rng.uniform(0.01, 0.5), rng.uniform(0.01, 0.5)
-        split = RunCost(0, 0, 0, head_fraction).split
-
-        def cost_of_step(i, n):
-            return head if i < split(n)[0] else step
-
-        n = bq.calibration_steps(head_fraction)
-        cal = RunCost.measure(*simulated_run(n, lambda i: cost_of_step(i, n), fixed, rng), head_fraction, warmup=4)
+        fixed, step = rng.uniform(0.5, 5.0), rng.uniform(0.01, 0.5)
+        n = bq.calibration_steps()
+        cal = RunCost.measure(*simulated_run(n, lambda i: step, fixed, rng), warmup=4)
         assert cal.step == pytest.approx(step, rel=0.05) and cal.fixed == pytest.approx(fixed + 2.0, rel=0.1)
-        if head_fraction:
-            assert cal.head == pytest.approx(head, rel=0.05)
         budget = rng.uniform(30.0, 600.0)
         steps = cal.steps_within(budget)
         assert cal.seconds(steps) <= budget < cal.seconds(steps + 1)  # the most steps that fit
-        _, wall = simulated_run(steps, lambda i: cost_of_step(i, steps), fixed, rng)
+        _, wall = simulated_run(steps, lambda i: step, fixed, rng)
         assert wall == pytest.approx(budget, rel=0.06)  # the run it sized takes its budget
 
 
-def test_calibration_phases_match_the_supervised_split():
-    # The supervised ceiling's first int(n x HEAD_FRACTION) steps are head-only (vjepa_fast/supervised.py): the
-    # calibration splits its steps the same way, with enough steady steps in each phase.
-    n = bq.calibration_steps(HEAD_FRACTION)
-    head, rest = RunCost(0, 1, 1, HEAD_FRACTION).split(n)
-    assert head == int(n * HEAD_FRACTION) and head + rest == n
-    assert min(head, rest) >= bq.CALIBRATION_WARMUP + bq.CALIBRATION_STEADY
-    assert bq.calibration_steps(0.0) == bq.CALIBRATION_WARMUP + bq.CALIBRATION_STEADY
+@pytest.mark.parametrize("seed", range(5))
+def test_ceiling_calibration_counts_its_full_head_phase_once_as_fixed_cost(monkeypatch, tmp_path, seed):
+    # A simulated ceiling: set-up `fixed`, a head phase that costs `head` s in full (tiny when shortened) whatever the
+    # step count, then end-to-end steps of `step` s. The calibration runs the full head phase once only, and the run
+    # it sizes (full head phase + its steps) takes its budget, however large the head phase is next to it.
+    rng = random.Random(seed)
+    fixed, step, head = rng.uniform(0.5, 5.0), rng.uniform(0.01, 0.5), rng.uniform(10.0, 60.0)
+    budget, calls = rng.uniform(80.0, 600.0), []
+
+    def fake_train(cfg, label, steps, out_file, device, head_clips=None, head_epochs=None):
+        calls.append((steps, head_clips, head_epochs))
+        head_s = (head if head_clips is None else 0.05) * rng.uniform(0.98, 1.02)
+        times, wall = simulated_run(steps, lambda i: step, fixed, rng)
+        return {"step_seconds": times, "head_seconds": head_s, "wall": wall + head_s, "train_accuracy": 0.5,
+                "last_loss": 1.0, "checkpoint": str(out_file), "head_clips": 8, "head_epochs": 1,
+                "head_train_accuracy": 0.9}
+
+    monkeypatch.setattr(supervised, "train_supervised", fake_train)
+    monkeypatch.setattr(bq, "timed", lambda fn, *args: (lambda r: (r, r["wall"]))(fn(*args)))
+    row = bq.supervise("motion", budget, tmp_path, [], types.SimpleNamespace(device=None))
+    n, batch = bq.calibration_steps(), load_config(None, []).train.batch_size
+    assert calls[:bq.CALIBRATION_ROUNDS] == [(n, None, None)] + [(n, batch, 1)] * (bq.CALIBRATION_ROUNDS - 1)
+    assert calls[-1] == (row["steps"], None, None) and len(calls) == bq.CALIBRATION_ROUNDS + 1
+    cal = RunCost(**row["calibration"])
+    assert cal.fixed == pytest.approx(fixed + 2.0 + head, rel=0.1) and cal.step == pytest.approx(step, rel=0.05)
+    assert row["steps"] == cal.steps_within(budget)
+    assert row["steps"] == pytest.approx((budget - cal.fixed) / step, rel=0.1)
+    assert row["train_seconds"] == pytest.approx(budget, rel=0.06)
 
 
 def test_mean_not_median_and_fixed_costs_count():
@@ -178,9 +195,7 @@ def test_mean_not_median_and_fixed_costs_count():
 
 
 def test_calibration_too_short_or_bad_budget_is_a_config_error():
-    with pytest.raises(ConfigError, match="calibration phase"):
+    with pytest.raises(ConfigError, match="calibration needs more than 4 steps"):
         RunCost.measure([0.1] * 4, wall=1.0, warmup=4)
-    with pytest.raises(ConfigError, match="calibration phase"):
-        RunCost.measure([0.1] * 12, wall=2.0, head_fraction=0.25, warmup=4)  # 3 head-only steps
     with pytest.raises(ConfigError, match="budget"):
         RunCost(fixed=0.0, step=0.1).steps_within(0.0)

@@ -5,6 +5,7 @@ import torch
 from vjepa_fast import eval as ev
 from vjepa_fast import supervised as sup
 from vjepa_fast.config import ConfigError, load_config
+from vjepa_fast.data.synthetic import SyntheticVideos
 from vjepa_fast.models.build import build_encoder
 from vjepa_fast.models.probe import AttentiveProbe
 from vjepa_fast.models.vit import VisionTransformer
@@ -40,17 +41,23 @@ def test_learns_a_trivially_separable_label_and_trains_the_encoder():
     assert "patch_embed.proj.weight" in changed or len(changed) > len(before) // 2, changed
 
 
-def test_the_head_phase_trains_the_head_alone_and_leaves_the_encoder_bit_identical():
+def test_the_head_phase_trains_the_head_on_cached_tokens_and_leaves_the_encoder_bit_identical():
     torch.manual_seed(1)
     encoder = VisionTransformer("tiny", img_size=32, num_frames=2)
     head = AttentiveProbe(encoder.embed_dim, 2, encoder.num_heads)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     head_before = {k: v.clone() for k, v in head.state_dict().items()}
-    o = load_config(None, ["optim.lr=5e-3", "optim.start_lr=5e-3", "optim.warmup_steps=0"]).optim
-    r = sup.fit_classifier(encoder, head, toy_batches(2, 40), "y", 40, o, torch.device("cpu"), train_encoder=False)
+    tokens, labels = sup.cache_tokens(encoder, toy_batches(2, 5), "y", 5, torch.device("cpu"))
+    assert tokens.shape[0] == labels.shape[0] == 80 and tokens.dtype == torch.float32
+    r = sup.fit_head(head, tokens, labels, epochs=15, seed=0)
     assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
     assert any(not torch.equal(v, head_before[k]) for k, v in head.state_dict().items())
-    assert r["train_accuracy"] >= 0.9, r  # the random encoder's tokens carry the brightness; chance is 0.5
+    assert r["epochs"] == 15 and r["train_accuracy"] >= 0.9, r  # the tokens carry the brightness; chance is 0.5
+    # The shuffle is seeded: the same head from the same start on the same tokens ends the same.
+    again = AttentiveProbe(encoder.embed_dim, 2, encoder.num_heads)
+    again.load_state_dict(head_before)
+    sup.fit_head(again, tokens, labels, epochs=15, seed=0)
+    assert all(torch.allclose(v, again.state_dict()[k], atol=1e-5) for k, v in head.state_dict().items())
 
 
 def test_phases_share_one_stream_so_no_batch_is_skipped_or_seen_twice():
@@ -65,9 +72,19 @@ def test_phases_share_one_stream_so_no_batch_is_skipped_or_seen_twice():
     head = AttentiveProbe(encoder.embed_dim, 2, encoder.num_heads)
     o = load_config(None, []).optim
     stream = batches()
-    assert sup.fit_classifier(encoder, head, stream, "y", 3, o, torch.device("cpu"), train_encoder=False)["steps"] == 3
+    assert sup.cache_tokens(encoder, stream, "y", 3, torch.device("cpu"))[1].numel() == 3 * 2
     assert sup.fit_classifier(encoder, head, stream, "y", 4, o, torch.device("cpu"))["steps"] == 4
     assert seen == list(range(7))
+
+
+def test_a_run_reads_every_clip_of_its_stream_once_head_phase_first(monkeypatch):
+    read = []
+    get = SyntheticVideos.__getitem__
+    monkeypatch.setattr(SyntheticVideos, "__getitem__", lambda self, i: (read.append(i), get(self, i))[1])
+    # 5 head clips at batch 4: the head phase takes 2 whole batches (8 clips), then 3 end-to-end steps the next 12.
+    r = sup.train_supervised(load_config(None, TINY), "motion", 3, None, torch.device("cpu"), head_clips=5,
+                             head_epochs=1)
+    assert read == list(range(20)) and r["head_clips"] == 8 and r["steps"] == 3
 
 
 def test_stops_after_the_given_steps():
@@ -79,9 +96,10 @@ def test_stops_after_the_given_steps():
 
 def test_synthetic_run_writes_an_encoder_file_that_eval_loads(tmp_path):
     cfg = load_config(None, TINY)
-    r = sup.train_supervised(cfg, "motion", 4, tmp_path / "sup.pt", torch.device("cpu"))
+    r = sup.train_supervised(cfg, "motion", 4, tmp_path / "sup.pt", torch.device("cpu"), head_clips=8, head_epochs=2)
     assert r["steps"] == 4 and r["label"] == "motion" and 0 <= r["train_accuracy"] <= 1
-    assert r["head_steps"] == int(4 * sup.HEAD_FRACTION) == 1 and len(r["step_seconds"]) == 4
+    assert r["head_clips"] == 8 and r["head_epochs"] == 2 and r["head_seconds"] > 0 and len(r["step_seconds"]) == 4
+    assert 0 <= r["head_train_accuracy"] <= 1
     saved = torch.load(tmp_path / "sup.pt", weights_only=True)["encoder"]
     torch.manual_seed(cfg.train.seed)
     assert set(saved) == set(build_encoder(cfg).state_dict())
@@ -91,11 +109,13 @@ def test_synthetic_run_writes_an_encoder_file_that_eval_loads(tmp_path):
     assert result["encoder"] in ("online", "target") and 0 <= result["accuracy"] <= 1
 
 
-@pytest.mark.parametrize("label, steps, extra, match", [
-    ("colour", 2, [], "label"),
-    ("motion", 0, [], "steps"),
-    ("motion", 2, ["data.path=/nonexistent"], "synthetic"),
+@pytest.mark.parametrize("label, steps, extra, head, match", [
+    ("colour", 2, [], {}, "label"),
+    ("motion", 0, [], {}, "steps"),
+    ("motion", 2, ["data.path=/nonexistent"], {}, "synthetic"),
+    ("motion", 2, [], {"head_clips": 0}, "head_clips"),
+    ("motion", 2, [], {"head_epochs": 0}, "head_epochs"),
 ])
-def test_bad_inputs_are_one_line_config_errors(label, steps, extra, match):
+def test_bad_inputs_are_one_line_config_errors(label, steps, extra, head, match):
     with pytest.raises(ConfigError, match=match):
-        sup.train_supervised(load_config(None, TINY + extra), label, steps)
+        sup.train_supervised(load_config(None, TINY + extra), label, steps, **head)

@@ -11,11 +11,12 @@ DIR/quality.md (the table) and DIR/quality.png (a bar chart, when matplotlib is 
 
 The budget is met by a short calibration run just before each trained run (a pretraining method, or the supervised
 ceiling on one label): it gives the cost of a run of n steps (vjepa_fast/wall_budget.py: start-up and end costs plus
-the mean steady step, per phase), and the run gets as many steps as fit in the budget (known before it starts, so the
-schedules span the run, as in any run). So each row gets the same time, not the same steps. Calibrating just before
-the run, not all up front, lets the calibration see the load the run will see on a shared machine; it runs twice and
-keeps the faster estimate, so a load spike during one calibration does not cut that row's steps. Each row's actual
-training seconds are recorded next to its budget.
+the mean steady step; the ceiling's head phase, the same work whatever its step count, counts as start-up), and the
+run gets as many steps as fit in the budget (known before it starts, so the schedules span the run, as in any run). So
+each row gets the same time, not the same steps. Calibrating just before the run, not all up front, lets the
+calibration see the load the run will see on a shared machine; it runs twice and keeps the faster estimate, so a load
+spike during one calibration does not cut that row's steps. Each row's actual training seconds are recorded next to
+its budget.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -53,8 +53,8 @@ PRETRAINED = {"vjepa": ("vjepa", ["loss.sigreg=0"]), "vjepa_sigreg": ("vjepa", [
               "videomae": ("videomae", ["loss.sigreg=0"])}
 LABELS = ("motion", "appearance")
 COUNTED_MARGIN = 0.30  # a label counts only where supervised beats random by this much top-1 (else no room to show)
-# A calibration phase (pretraining; the ceiling's head-only and end-to-end phases) runs CALIBRATION_WARMUP steps, whose
-# start-up costs go to the run's fixed cost, then CALIBRATION_STEADY steps averaged into the step cost.
+# A calibration run (pretraining; the ceiling's end-to-end phase) runs CALIBRATION_WARMUP steps, whose start-up costs
+# go to the run's fixed cost, then CALIBRATION_STEADY steps averaged into the step cost.
 CALIBRATION_WARMUP = 4
 CALIBRATION_STEADY = 12
 CALIBRATION_ROUNDS = 2  # calibrations per run, the faster kept
@@ -98,11 +98,8 @@ def method_config(name: str, run_dir: Path, overrides: list[str], steps: int, a:
                               "train.progress=false", "train.resume=restart", f"train.ckpt_every={steps}", *extra])
 
 
-def calibration_steps(head_fraction: float) -> int:
-    """Steps of a calibration run whose phases (the first int(n x head_fraction) steps, the rest) each have
-    CALIBRATION_WARMUP + CALIBRATION_STEADY steps or more."""
-    phase = CALIBRATION_WARMUP + CALIBRATION_STEADY
-    return math.ceil(phase / min(head_fraction, 1 - head_fraction)) if head_fraction else phase
+def calibration_steps() -> int:
+    return CALIBRATION_WARMUP + CALIBRATION_STEADY
 
 
 def timed(fn, *args) -> tuple:
@@ -122,9 +119,8 @@ def fastest(calibrate, budget: float, name: str) -> tuple[RunCost, int]:
     """The faster of CALIBRATION_ROUNDS calibrations (`calibrate()` -> RunCost) and the steps it fits in `budget`."""
     cost = max((calibrate() for _ in range(CALIBRATION_ROUNDS)), key=lambda c: c.steps_within(budget))
     steps = cost.steps_within(budget)
-    head = f" ({cost.head:.3f} head-only)" if cost.head_fraction else ""
-    log.info("%s: calibrated %.3f s/step%s + %.1f s fixed -> %d steps in %.0f s", name, cost.step, head, cost.fixed,
-             steps, budget)
+    log.info("%s: calibrated %.3f s/step + %.1f s fixed -> %d steps in %.0f s", name, cost.step, cost.fixed, steps,
+             budget)
     return cost, steps
 
 
@@ -138,8 +134,7 @@ def trained_row(name: str, steps: int, seconds: float, budget: float, cost: RunC
 
 def pretrain(name: str, budget: float, out: Path, overrides: list[str], a: argparse.Namespace, di: DistInfo) -> dict:
     def calibrate() -> RunCost:
-        n = calibration_steps(0.0)
-        cfg = method_config(name, out / f"calibrate_{name}", overrides, n, a, ("train.log_every=1",))
+        cfg = method_config(name, out / f"calibrate_{name}", overrides, calibration_steps(), a, ("train.log_every=1",))
         rows, wall = timed(train_pretrained, cfg, di)  # one row a step: its window is that step's wall time
         return RunCost.measure([cfg.train.batch_size / r["clips_per_s"] for r in rows], wall,
                                warmup=CALIBRATION_WARMUP)
@@ -153,20 +148,26 @@ def pretrain(name: str, budget: float, out: Path, overrides: list[str], a: argpa
 
 
 def supervise(label: str, budget: float, out: Path, overrides: list[str], di: DistInfo) -> dict:
-    from vjepa_fast.supervised import HEAD_FRACTION, train_supervised
+    from vjepa_fast.supervised import train_supervised
 
     cfg = load_config(None, overrides)
+    head_seconds = []  # the head phase's seconds in each calibration
 
     def calibrate() -> RunCost:
-        r, wall = timed(train_supervised, cfg, label, calibration_steps(HEAD_FRACTION), None, di.device)
-        return RunCost.measure(r["step_seconds"], wall, HEAD_FRACTION, CALIBRATION_WARMUP)
+        # The head phase is the same work whatever the step count, so it is part of the fixed cost and measured in
+        # full by the first calibration only; later ones run a one-batch, one-epoch head phase and count the first
+        # one's seconds in its place.
+        short = (cfg.train.batch_size, 1) if head_seconds else ()
+        r, wall = timed(train_supervised, cfg, label, calibration_steps(), None, di.device, *short)
+        head_seconds.append(r["head_seconds"])
+        return RunCost.measure(r["step_seconds"], wall - r["head_seconds"] + head_seconds[0], CALIBRATION_WARMUP)
 
     name = f"supervised {label}"
     cost, steps = fastest(calibrate, budget, name)
     r, wall = timed(train_supervised, cfg, label, steps, out / f"supervised_{label}.pt", di.device)
     return {"method": "supervised", **trained_row(name, steps, wall, budget, cost),
             "train_accuracy": r["train_accuracy"], "last_loss": r["last_loss"], "checkpoint": r["checkpoint"],
-            "head_steps": r["head_steps"], "head_train_accuracy": r["head_train_accuracy"]}
+            **{k: r[k] for k in ("head_clips", "head_epochs", "head_seconds", "head_train_accuracy")}}
 
 
 def probe(cfg: Config, ckpt_file: Optional[Path], label: str, a: argparse.Namespace, preset: dict) -> dict:
