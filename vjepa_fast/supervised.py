@@ -55,15 +55,6 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def _optimizer(modules, o) -> torch.optim.AdamW:
-    """AdamW with the config's betas, eps and weight decay; no decay on biases, norms and the probe's query."""
-    named = [(n, p) for m in modules for n, p in m.named_parameters()]
-    decay = [p for n, p in named if p.ndim >= 2 and n != "query"]
-    rest = [p for n, p in named if not (p.ndim >= 2 and n != "query")]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                             lr=o.start_lr, betas=tuple(o.betas), eps=o.eps)
-
-
 @torch.no_grad()
 def cache_tokens(encoder: torch.nn.Module, batches, key: str, n_batches: int, device,
                  bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +91,7 @@ def fit_classifier(encoder: torch.nn.Module, head: torch.nn.Module, batches, key
     """Train encoder and head end to end with cross-entropy on item[key] over the next `steps` batches (optimiser
     settings `o`: cfg.optim); returns steps, seconds, the seconds of every step and the training accuracy of the last
     fifth."""
-    opt = _optimizer((encoder, head), o)
+    opt = make_optimizer((encoder, head), o.start_lr, o.weight_decay, tuple(o.betas), o.eps)
     params = [p for m in (encoder, head) for p in m.parameters()]
     encoder.train()
     head.train()

@@ -32,12 +32,16 @@ def probe_logits(probe: nn.Module, feats: torch.Tensor) -> torch.Tensor:
     return probe(feats.reshape(B * V, L, D).float()).reshape(B, V, -1)
 
 
-def make_optimizer(probe: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and the query token."""
-    decay = [p for n, p in probe.named_parameters() if p.ndim >= 2 and n != "query"]
-    rest = [p for n, p in probe.named_parameters() if not (p.ndim >= 2 and n != "query")]
+def make_optimizer(modules, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
+                   eps: float = 1e-8) -> torch.optim.Optimizer:
+    """AdamW over one module or several (the supervised ceiling's encoder and head); no weight decay on biases, norms
+    and the probe's query token."""
+    modules = (modules,) if isinstance(modules, nn.Module) else tuple(modules)
+    named = [(n, p) for m in modules for n, p in m.named_parameters()]
+    decay = [p for n, p in named if p.ndim >= 2 and n != "query"]
+    rest = [p for n, p in named if not (p.ndim >= 2 and n != "query")]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=lr)
+                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
 
 
 def cosine_lr(step: int, total: int, lr: float) -> float:
