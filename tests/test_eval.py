@@ -231,16 +231,15 @@ def test_eval_run_dir_end_to_end_as_a_file(run_dir, tmp_path, subprocess_env):
     assert "top-1 accuracy" in proc.stdout
 
 
-def test_probe_epochs_default_follows_the_data(tmp_path, capsys):
-    synthetic, real = load_config(None, []), load_config(None, ["data.path=/videos/train.csv"])
-    assert ev_options.probe_epochs(ev.EvalConfig(), synthetic) == ev_options.DEFAULT_EPOCHS["synthetic"] == 100
-    assert ev_options.probe_epochs(ev.EvalConfig(), real) == ev_options.DEFAULT_EPOCHS["real"] == 20
-    assert ev_options.probe_epochs(ev.EvalConfig(epochs=3), synthetic) == 3
-    # end to end: no --epochs on the synthetic videos trains (and records) the synthetic default
+def test_probe_epochs_default_is_the_recipes(tmp_path, capsys):
+    assert ev_options.probe_epochs(ev.EvalConfig()) == ev_options.DEFAULT_EPOCHS == 20
+    assert ev_options.probe_epochs(ev.EvalConfig(epochs=3)) == 3
+    # end to end: no --epochs on the synthetic videos trains (and records) the default
     out = tmp_path / "default_epochs.json"
     rc, _ = run_main(["--train-samples", "4", "--val-samples", "2", "--batch-size", "4", "--out", out, *TINY], capsys)
     res = json.loads(out.read_text())
-    assert rc == 0 and res["epochs"] == 100 and len(res["history"]) == 100
+    assert rc == 0 and res["epochs"] == 20 and len(res["history"]) == 20
+
 
 
 def test_random_baseline_says_so(tmp_path, capsys, caplog):

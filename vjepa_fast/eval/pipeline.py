@@ -39,7 +39,7 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_
     size the config's; otherwise the config defines the model and the file must match it."""
     t_start = time.perf_counter()
     device = torch.device(e.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    e = dataclasses.replace(e, epochs=probe_epochs(e, cfg))
+    e = dataclasses.replace(e, epochs=probe_epochs(e))
     ops.configure(cfg.backends)
     torch.manual_seed(e.seed)
     model_cfg = to_dict(cfg)["model"]
