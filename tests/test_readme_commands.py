@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 
-PROBES = ("3-7 minutes (three 100-epoch probes); tests/test_eval.py runs the same entry point and options on short "
-          "probes")
+PROBES = ("5-18 minutes (three 20-epoch probes on 5000 clips); tests/test_eval.py runs the same entry point and "
+          "options on short probes")
 SKIP = {
     "bash scripts/setup.sh":
         "the set-up itself: CI's first step (.ci/run); the environment running these tests is the one it made",
