@@ -179,12 +179,14 @@ def test_motion_label_matches_rendered_motion(seed):
 
 def test_large_objects_span_several_tokens_and_are_partly_masked(seed):
     # At the tiny default (96 px, 16 px patches: 36 positions) an object covers many patch positions, so the
-    # V-JEPA masks (which hide most of the grid) always cut through objects.
+    # V-JEPA masks (which hide most of the grid) always cut through objects. At least 4 positions: the smallest square,
+    # axis-aligned on the patch grid, covers 30% or more of only a 2 x 2 block (the least over every centre and angle
+    # tried; 5 held for 2400 random clips but not for every seed).
     from vjepa_fast.feature_stats import token_object_share
 
     ds = SyntheticVideos(num_frames=2, size=96, length=None, seed=seed)
     covered = [int((token_object_share(S.object_coverage(ds.clip(i), 96), 2, 16) >= 0.3).sum()) for i in range(40)]
-    assert min(covered) >= 5 and sum(covered) / len(covered) >= 9, covered
+    assert min(covered) >= 4 and sum(covered) / len(covered) >= 9, covered
 
 
 @pytest.mark.parametrize("k", [2, 4])
