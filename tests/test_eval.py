@@ -241,7 +241,6 @@ def test_probe_epochs_default_is_the_recipes(tmp_path, capsys):
     assert rc == 0 and res["epochs"] == 20 and len(res["history"]) == 20
 
 
-
 def test_random_baseline_says_so(tmp_path, capsys, caplog):
     out = tmp_path / "baseline.json"
     rc, _ = run_main(["--epochs", "1", "--train-samples", "8", "--val-samples", "5", "--out", out, *TINY], capsys)

@@ -33,6 +33,8 @@ import torch
 
 from vjepa_fast import eval as ev
 from vjepa_fast.config import Config, ConfigError, load_config
+from vjepa_fast.data.probe_splits import SYNTHETIC_DEFAULT_SAMPLES
+from vjepa_fast.eval.options import DEFAULT_EPOCHS
 from vjepa_fast.parallel import DistInfo
 from vjepa_fast.user_errors import exit_code
 from vjepa_fast.wall_budget import RunCost
@@ -43,7 +45,8 @@ log = logging.getLogger("vjepa_fast.bench_quality")
 PRESETS = {
     # 5 trainings x 3 min + 30 probes with the eval's synthetic defaults (5000 clips, 20 epochs; on 1000 clips a probe
     # memorises its split, docs/results.md): about 45 minutes on 2 quiet cores (estimated from the probes' steps).
-    "cpu": dict(minutes=3.0, overrides=[], probe=dict(train_samples=5000, val_samples=500, epochs=20)),
+    "cpu": dict(minutes=3.0, overrides=[], probe=dict(train_samples=SYNTHETIC_DEFAULT_SAMPLES[0],
+                                                      val_samples=SYNTHETIC_DEFAULT_SAMPLES[1], epochs=DEFAULT_EPOCHS)),
     "gpu": dict(minutes=10.0, overrides=["model.size=small", "data.num_frames=16", "data.crop_size=128",
                                          "train.batch_size=32", "data.num_workers=8", "optim.warmup_steps=200"],
                 probe=dict(train_samples=4000, val_samples=1000, epochs=20)),
