@@ -14,6 +14,7 @@
 #                           /dev/nvidia0, no working nvidia-smi), 0 with one. VJEPA_FAST_NO_CUDA=0 on a CPU machine
 #                           still compiles them (nvcc needs no GPU), which takes minutes.
 #   TORCH_SPEC              what pip installs for torch when the venv has none (default torch==2.14.1; see README)
+#   TORCH_NEED_MB           free disk (MB) required before installing it (default 7000)
 #   PYTHON                  the interpreter that creates the venv (default python3)
 #   TORCH_CUDA_ARCH_LIST, CUDA_HOME, MAX_JOBS  passed on to setup.py (docs/kernels.md)
 set -euo pipefail
@@ -25,6 +26,7 @@ PY=${PYTHON:-python3}
 # CPU, its headers let the CUDA sources compile anywhere, and the default run's recorded losses
 # (tests/data/default_run_losses.json) come from it. torch==2.13.0 is a CPU-only build without Triton.
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
+TORCH_NEED_MB=${TORCH_NEED_MB:-7000}  # disk needed to install it (5.6 GB in the venv, plus pip's unpacking)
 LOG=.venv/setup.log
 STAMP=.venv/vjepa_fast_build.stamp
 
@@ -56,6 +58,13 @@ t=$SECONDS
 if TORCH_VERSION=$(python -c "import torch; print(torch.__version__)" 2>/dev/null); then
   say "torch $TORCH_VERSION: kept"
 else
+  # torch 2.14.1 with its CUDA libraries takes about 5.6 GB in the venv: stop with one clear line where the disk
+  # cannot hold it, instead of pip failing half-way with "No space left on device".
+  FREE_MB=$(df -Pm .venv | awk 'NR == 2 {print $4}')
+  if [ "${FREE_MB:-0}" -lt "$TORCH_NEED_MB" ]; then
+    say "FAILED: $FREE_MB MB free on the disk of .venv; installing $TORCH_SPEC needs about $TORCH_NEED_MB MB" >&2
+    exit 1
+  fi
   logged python -m pip install "$TORCH_SPEC"
   TORCH_VERSION=$(python -c "import torch; print(torch.__version__)" 2>/dev/null)
   say "torch $TORCH_VERSION: installed from $TORCH_SPEC ($(elapsed "$t"))"
