@@ -44,7 +44,7 @@ log = logging.getLogger("vjepa_fast.bench_quality")
 # Overrides on top of the built-in default (the quick start) per preset; the GPU preset is wider, longer, larger.
 PRESETS = {
     # 5 trainings x 3 min + 30 probes with the eval's synthetic defaults (5000 clips, 20 epochs; on 1000 clips a probe
-    # memorises its split, docs/results.md): about 45 minutes on 2 quiet cores (estimated from the probes' steps).
+    # memorises its split, docs/results.md); its run time is in docs/eval.md.
     "cpu": dict(minutes=3.0, overrides=[], probe=dict(train_samples=SYNTHETIC_DEFAULT_SAMPLES[0],
                                                       val_samples=SYNTHETIC_DEFAULT_SAMPLES[1], epochs=DEFAULT_EPOCHS)),
     "gpu": dict(minutes=10.0, overrides=["model.size=small", "data.num_frames=16", "data.crop_size=128",
