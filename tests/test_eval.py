@@ -44,6 +44,43 @@ def test_probe_shapes_and_init(B, N, depth):
     torch.testing.assert_close(probe(x), probe(x[:, torch.randperm(N)]))
 
 
+def initial_attention(probe, x):
+    """Attention weights [B, H, N] of the probe's first block on tokens x [B, N, D], as initialised."""
+    block, (B, N, D), H = probe.blocks[0], x.shape, probe.blocks[0].attn.num_heads
+    with torch.no_grad():
+        q = block.attn.q(block.norm_q(probe.query))[0, 0].reshape(H, D // H)
+        k = block.attn.kv(block.norm_x(x))[..., :D].reshape(B, N, H, D // H)
+        return (torch.einsum("hd,bnhd->bhn", q, k) * (D // H) ** -0.5).softmax(-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probe_qk_init_std_breaks_the_uniform_attention_of_the_start(seed):
+    # The reference's 0.02 gives a width-96 probe attention logits of about 0.04 std: every token weighted alike
+    # (entropy ln N). At qk_init_std = 96 ** -0.5 each head prefers some tokens. Only q and k change; a seed draws the
+    # same numbers either way, so every other weight is identical.
+    D, H, N = 96, 4, 144
+    x = torch.randn(8, N, D, generator=torch.Generator().manual_seed(100 + seed))
+    probes = {}
+    for std in (0.02, D ** -0.5):
+        torch.manual_seed(seed)
+        probes[std] = AttentiveProbe(D, 9, H, qk_init_std=std)
+    entropy = {std: float(-(a * a.log()).sum(-1).mean()) for std, a in
+               ((std, initial_attention(p, x)) for std, p in probes.items())}
+    assert entropy[0.02] > math.log(N) - 0.01
+    assert entropy[D ** -0.5] < math.log(N) - 0.2
+    ref, wide = (dict(p.named_parameters()) for p in probes.values())
+    gain = D ** -0.5 / 0.02
+    for name, w in ref.items():
+        if name.endswith("attn.q.weight"):
+            torch.testing.assert_close(wide[name], w * gain)
+        elif name.endswith("attn.kv.weight"):
+            torch.testing.assert_close(wide[name], torch.cat([w[:D] * gain, w[D:]]))
+        else:
+            assert torch.equal(wide[name], w), name
+    with pytest.raises(ValueError, match="qk_init_std"):
+        AttentiveProbe(D, 9, H, qk_init_std=0.0)
+
+
 def test_probe_rejects_bad_input():
     probe = AttentiveProbe(16, 3, 4)
     for bad in (torch.randn(2, 5, 15), torch.randn(5, 16), torch.randn(2, 0, 16)):
@@ -241,6 +278,19 @@ def test_probe_epochs_default_is_the_recipes(tmp_path, capsys):
     assert rc == 0 and res["epochs"] == 20 and len(res["history"]) == 20
 
 
+def test_probe_qk_std_option_reaches_the_probe_and_the_json(tmp_path, capsys, monkeypatch):
+    assert ev_options.probe_qk_std(ev.EvalConfig()) == 0.02  # the reference's init unless asked
+    built = []
+    monkeypatch.setattr(ev_probe, "AttentiveProbe", lambda *a, **k: built.append(k) or AttentiveProbe(*a, **k))
+    out = tmp_path / "qk.json"
+    rc, _ = run_main(["--epochs", "1", "--train-samples", "4", "--val-samples", "2", "--probe-qk-std", "0.1",
+                      "--out", out, *TINY], capsys)
+    assert rc == 0 and json.loads(out.read_text())["probe_qk_std"] == 0.1 and built[0]["qk_init_std"] == 0.1
+    for bad in ("0", "-1", "nan", "inf"):
+        rc, err = run_main(["--probe-qk-std", bad, *TINY], capsys)
+        assert rc == 2 and err == [f"config error: --probe-qk-std: must be positive, got {float(bad)}"]
+
+
 def test_random_baseline_says_so(tmp_path, capsys, caplog):
     out = tmp_path / "baseline.json"
     rc, _ = run_main(["--epochs", "1", "--train-samples", "8", "--val-samples", "5", "--out", out, *TINY], capsys)
@@ -267,6 +317,7 @@ def test_plateau_seeds_are_warned_counted_and_recorded(tmp_path, capsys, caplog)
         loss = res["train_loss_per_seed"][seed]
         assert msg.startswith(f"seed {seed}: the probe ended on its plateau (final training loss {loss:.3f}")
         assert f"ln 18 = {math.log(18):.3f}" in msg and "--epochs" in msg and "--lr" in msg
+        assert "--probe-qk-std 0.102, the width's ** -0.5; 0.02 here" in msg  # the tiny width, 96
     assert "over 2 seeds, 2 on the probe's plateau" in capsys.readouterr().out
 
 

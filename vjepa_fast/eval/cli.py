@@ -38,7 +38,8 @@ def parse_args(argv: Optional[list[str]]) -> tuple[Optional[str], list[str], Eva
     d = EvalConfig()
     for name, typ in (("epochs", int), ("lr", float), ("weight_decay", float), ("batch_size", int),
                       ("train_samples", int), ("val_samples", int), ("val_path", str), ("spatial_views", int),
-                      ("num_classes", int), ("probe_depth", int), ("probe_heads", int), ("seed", int),
+                      ("num_classes", int), ("probe_depth", int), ("probe_heads", int), ("probe_qk_std", float),
+                      ("seed", int),
                       ("device", str), ("out", str), ("labels_per_class", int), ("label_fraction", float),
                       ("seeds", int)):
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=getattr(d, name))

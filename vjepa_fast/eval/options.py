@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from vjepa_fast.config import ConfigError
+from vjepa_fast.models.probe import PROBE_INIT_STD
 
 # Probe epochs when --epochs is not given: the recipe's 20, on real data and on the synthetic videos alike. The synthetic
 # default split has 5000 training clips (data/probe_splits.py), so 20 epochs are 6250 steps of batch 16: as many as the
@@ -35,6 +36,7 @@ class EvalConfig:
     num_classes: Optional[int] = None  # default: 18 appearance / 9 motion classes, or 1 + the largest real label
     probe_depth: int = 1
     probe_heads: Optional[int] = None  # default: the encoder's head count
+    probe_qk_std: Optional[float] = None  # init std of the probe's query/key projections; default 0.02, the reference's
     seed: int = 0
     device: Optional[str] = None  # default: cuda when available
     out: Optional[str] = None  # JSON result file
@@ -53,6 +55,8 @@ def validate_eval(e: EvalConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
     if not (0 < e.lr < float("inf")):
         raise ConfigError(f"--lr: must be positive, got {e.lr}")
+    if e.probe_qk_std is not None and not (0 < e.probe_qk_std < float("inf")):
+        raise ConfigError(f"--probe-qk-std: must be positive, got {e.probe_qk_std}")
     if not (0 <= e.weight_decay < float("inf")):
         raise ConfigError(f"--weight-decay: must be >= 0, got {e.weight_decay}")
     if e.label is not None and e.label not in LABELS:
@@ -77,3 +81,8 @@ def validate_eval(e: EvalConfig) -> None:
 def probe_epochs(e: EvalConfig) -> int:
     """--epochs when given, else DEFAULT_EPOCHS."""
     return DEFAULT_EPOCHS if e.epochs is None else e.epochs
+
+
+def probe_qk_std(e: EvalConfig) -> float:
+    """--probe-qk-std when given, else PROBE_INIT_STD (the reference's init of every probe weight)."""
+    return PROBE_INIT_STD if e.probe_qk_std is None else e.probe_qk_std

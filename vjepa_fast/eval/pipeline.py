@@ -17,7 +17,7 @@ from vjepa_fast import ops
 from vjepa_fast.config import Config, to_dict
 from vjepa_fast.eval.checkpoint import load_encoder_weights
 from vjepa_fast.eval.features import Features, freeze
-from vjepa_fast.eval.options import EvalConfig, probe_epochs
+from vjepa_fast.eval.options import EvalConfig, probe_epochs, probe_qk_std
 from vjepa_fast.eval.probe import train_probe
 from vjepa_fast.eval.splits import build_splits, low_shot_split
 from vjepa_fast.models.build import build_encoder
@@ -26,11 +26,12 @@ from vjepa_fast.weights.load import open_encoder
 log = logging.getLogger("vjepa_fast.eval")
 
 
-def warn_plateau(seed: int, run: dict, num_classes: int, e: EvalConfig) -> None:
+def warn_plateau(seed: int, run: dict, num_classes: int, e: EvalConfig, embed_dim: int) -> None:
     log.warning("seed %d: the probe ended on its plateau (final training loss %.3f, chance loss %.3f, ln %d = %.3f): "
-                "its accuracy %.4f measures the probe's seed, not the encoder; train it longer (--epochs, %d here) "
-                "or with a higher --lr (%g here)", seed, run["train_loss"], run["chance_loss"], num_classes,
-                math.log(num_classes), run["accuracy"], e.epochs, e.lr)
+                "its accuracy %.4f measures the probe's seed, not the encoder; train it longer (--epochs, %d here), "
+                "with a wider query/key init (--probe-qk-std %.3g, the width's ** -0.5; %g here) or a higher --lr "
+                "(%g here); docs/eval.md, \"The probe\"", seed, run["train_loss"], run["chance_loss"], num_classes,
+                math.log(num_classes), run["accuracy"], e.epochs, embed_dim ** -0.5, probe_qk_std(e), e.lr)
 
 
 def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_from_file: bool = False) -> dict:
@@ -75,7 +76,7 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_
         runs[-1]["train_samples"] = len(split.dataset)
         log.info("seed %d: top-1 accuracy %.4f (%d train clips)", seed, runs[-1]["accuracy"], len(split.dataset))
         if runs[-1]["plateau"]:
-            warn_plateau(seed, runs[-1], num_classes, e)
+            warn_plateau(seed, runs[-1], num_classes, e, encoder.embed_dim)
     accs = np.array([r["accuracy"] for r in runs])
     val_acc, n_val, history = float(accs.mean()), runs[-1]["val_samples"], runs[-1]["history"]
     return {
@@ -91,7 +92,8 @@ def evaluate(cfg: Config, e: EvalConfig, ckpt_file: Optional[Path] = None, arch_
         "model": model_cfg, "data_path": cfg.data.path, "val_path": e.val_path,
         "num_frames": cfg.data.num_frames, "crop_size": cfg.data.crop_size, "segments": val.segments,
         "views": val.views, "lr": e.lr, "weight_decay": e.weight_decay, "batch_size": e.batch_size,
-        "probe_depth": e.probe_depth, "probe_heads": e.probe_heads or encoder.num_heads, "seed": e.seed,
+        "probe_depth": e.probe_depth, "probe_heads": e.probe_heads or encoder.num_heads,
+        "probe_qk_std": probe_qk_std(e), "seed": e.seed,
         "skipped_samples": sum(len(f.errors) for f in {id(f): f for f in used}.values()), "history": history,
         "seconds": time.perf_counter() - t_start,
     }

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vjepa_fast.eval.features import Features
-from vjepa_fast.eval.options import EvalConfig, EvalError
+from vjepa_fast.eval.options import EvalConfig, EvalError, probe_qk_std
 from vjepa_fast.models.probe import AttentiveProbe
 
 log = logging.getLogger("vjepa_fast.eval")
@@ -116,8 +116,8 @@ def train_probe(train_feats: "Features", val_feats: "Features", encoder: nn.Modu
     labels), "plateau" (whether the probe ended on its plateau, on_plateau)}."""
     torch.manual_seed(e.seed)
     train_feats.seed = val_feats.seed = e.seed
-    probe = AttentiveProbe(encoder.embed_dim, num_classes, e.probe_heads or encoder.num_heads,
-                           depth=e.probe_depth).to(device)
+    probe = AttentiveProbe(encoder.embed_dim, num_classes, e.probe_heads or encoder.num_heads, depth=e.probe_depth,
+                           qk_init_std=probe_qk_std(e)).to(device)
     opt = make_optimizer(probe, e.lr, e.weight_decay)
     total = e.epochs * train_feats.steps_per_epoch()
     log.info("probe: %d classes, %d train / %d val clips, %d epochs, batch %d, lr %g, seed %d", num_classes,

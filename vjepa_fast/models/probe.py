@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vjepa_fast.models.vit import LN_EPS, MLP
 
-PROBE_INIT_STD = 0.02
+PROBE_INIT_STD = 0.02  # the reference's init of every probe weight
 
 
 class CrossAttention(nn.Module):
@@ -58,7 +58,8 @@ class CrossBlock(nn.Module):
 class AttentiveProbe(nn.Module):
     """tokens [B, N, D] -> logits [B, num_classes]."""
 
-    def __init__(self, embed_dim: int, num_classes: int, num_heads: int, depth: int = 1, mlp_ratio: float = 4.0):
+    def __init__(self, embed_dim: int, num_classes: int, num_heads: int, depth: int = 1, mlp_ratio: float = 4.0,
+                 qk_init_std: float = PROBE_INIT_STD):
         super().__init__()
         for name, value in (("embed_dim", embed_dim), ("num_classes", num_classes), ("num_heads", num_heads),
                             ("depth", depth)):
@@ -66,7 +67,9 @@ class AttentiveProbe(nn.Module):
                 raise ValueError(f"AttentiveProbe: {name} must be a positive integer, got {value!r}")
         if not mlp_ratio > 0:
             raise ValueError(f"AttentiveProbe: mlp_ratio must be positive, got {mlp_ratio!r}")
-        self.embed_dim, self.num_classes = embed_dim, num_classes
+        if not 0 < qk_init_std < float("inf"):
+            raise ValueError(f"AttentiveProbe: qk_init_std must be positive, got {qk_init_std!r}")
+        self.embed_dim, self.num_classes, self.qk_init_std = embed_dim, num_classes, qk_init_std
         self.query = nn.Parameter(torch.empty(1, 1, embed_dim))
         self.blocks = nn.ModuleList(CrossBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
@@ -84,6 +87,16 @@ class AttentiveProbe(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # The query and key projections at qk_init_std: at 0.02 and a narrow width the attention logits start near
+        # zero (about 0.04 std at width 96), every token is weighted alike, and a probe whose label sits in a few
+        # tokens can stay on that plateau for most of its epochs; at embed_dim ** -0.5 they start at about unit std
+        # (docs/eval.md, "The probe"). Scaled after drawing (a truncated normal scales with its std), so a seed draws
+        # the same numbers whatever qk_init_std.
+        gain = self.qk_init_std / PROBE_INIT_STD
+        if gain != 1.0:
+            for block in self.blocks:
+                block.attn.q.weight.mul_(gain)
+                block.attn.kv.weight[:self.embed_dim].mul_(gain)  # the key half; the values keep PROBE_INIT_STD
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 3 or tokens.shape[-1] != self.embed_dim or tokens.shape[1] == 0:
