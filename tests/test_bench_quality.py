@@ -42,7 +42,9 @@ def test_smoke_tiny_budget(tmp_path, capsys, monkeypatch):
         assert (tmp_path / name / "checkpoints").is_dir()
     # The original objective really is off in the V-JEPA row and on in the SIGReg row.
     assert load_config(str(tmp_path / "vjepa" / "config.yaml")).loss.sigreg == 0
-    assert load_config(str(tmp_path / "vjepa_sigreg" / "config.yaml")).loss.sigreg == 0.1
+    # without --sigreg the SIGReg row trains the quick start's objective: the built-in default's weight
+    assert load_config(str(tmp_path / "vjepa_sigreg" / "config.yaml")).loss.sigreg == load_config("tiny").loss.sigreg
+    assert result["sigreg"] == load_config("tiny").loss.sigreg > 0
     for label in bq.LABELS:
         sup = result["encoders"]["supervised"][label]
         assert sup["steps"] >= 1 and (tmp_path / f"supervised_{label}.pt").is_file()

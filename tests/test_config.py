@@ -218,7 +218,7 @@ def test_a_bare_run_is_the_tiny_recipe_with_sigreg_and_every_other_recipe_keeps_
     assert train.main(["--print-config"]) == 0
     bare = capsys.readouterr().out
     assert bare == dump_config(load_config("tiny"))
-    assert load_config("tiny").loss.sigreg == 0.1
+    assert load_config("tiny").loss.sigreg == 0.3
     others = [name for name in packaged_configs() if name != "tiny"]
     assert others and all(load_config(name).loss.sigreg == 0.0 for name in others), others
     assert load_config(None).loss.sigreg == 0.0  # the library default is the original objective

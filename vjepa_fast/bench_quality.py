@@ -51,7 +51,8 @@ PRESETS = {
                                          "train.batch_size=32", "data.num_workers=8", "optim.warmup_steps=200"],
                 probe=dict(train_samples=4000, val_samples=1000, epochs=20)),
 }
-# Pretrained rows: name -> (method, overrides); the SIGReg weight of "vjepa_sigreg" comes from --sigreg.
+# Pretrained rows: name -> (method, overrides); the SIGReg weight of "vjepa_sigreg" comes from --sigreg, else from the
+# bare run's recipe (configs/tiny.yaml), so that the row trains the quick start's objective.
 # SIGReg is off outside its own row even where the base config turns it on (it exists for method vjepa only).
 PRETRAINED = {"vjepa": ("vjepa", ["loss.sigreg=0"]), "vjepa_sigreg": ("vjepa", []),
               "videomae": ("videomae", ["loss.sigreg=0"])}
@@ -71,7 +72,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, help="pretraining budget per method (default: the preset's)")
     p.add_argument("--out", default="runs/bench_quality", help="output folder (runs and results)")
     p.add_argument("--seeds", type=int, default=3, help="probe seeds per encoder and label")
-    p.add_argument("--sigreg", type=float, default=0.1, help="SIGReg weight of the V-JEPA + SIGReg row (> 0)")
+    p.add_argument("--sigreg", type=float, help="SIGReg weight of the V-JEPA + SIGReg row (> 0; default: "
+                                              "configs/tiny.yaml's loss.sigreg, the quick start's objective)")
     p.add_argument("--probe-epochs", type=int, help="default: the preset's")
     p.add_argument("--train-samples", type=int, help="probe training clips (default: the preset's)")
     p.add_argument("--val-samples", type=int, help="probe validation clips (default: the preset's)")
@@ -82,7 +84,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         v = getattr(a, name)
         if v is not None and v < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
-    if not 0 < a.sigreg < float("inf"):
+    if a.sigreg is not None and not 0 < a.sigreg < float("inf"):
         raise ConfigError(f"--sigreg: must be positive, got {a.sigreg}")
     if a.minutes is not None and not 0 < a.minutes < float("inf"):
         raise ConfigError(f"--minutes: must be positive, got {a.minutes}")
@@ -92,7 +94,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def row_overrides(name: str, a: argparse.Namespace) -> list[str]:
     """The config overrides of a pretrained row on top of the preset's and the user's."""
     method, extra = PRETRAINED[name]
-    sigreg = [f"loss.sigreg={a.sigreg:g}"] if name == "vjepa_sigreg" else []
+    weight = load_config("tiny").loss.sigreg if a.sigreg is None else a.sigreg
+    sigreg = [f"loss.sigreg={weight:g}"] if name == "vjepa_sigreg" else []
     return [*extra, *sigreg, f"method={method}"]
 
 
@@ -305,7 +308,8 @@ def run(a: argparse.Namespace) -> dict:
                                       **probe(base_cfg, Path(supervised[label]["checkpoint"]), label, a, preset)}
                               for label in LABELS}
     encoders["random"] = {label: probe(base_cfg, None, label, a, preset) for label in LABELS}
-    result = {"preset": a.preset, "minutes": minutes, "overrides": overrides, "sigreg": a.sigreg, "seeds": a.seeds,
+    sigreg = load_config(str(Path(runs["vjepa_sigreg"]["run_dir"]) / "config.yaml")).loss.sigreg
+    result = {"preset": a.preset, "minutes": minutes, "overrides": overrides, "sigreg": sigreg, "seeds": a.seeds,
               "val_samples": a.val_samples or preset["probe"]["val_samples"], "device": str(device),
               "counted_margin": COUNTED_MARGIN, "encoders": encoders, "summary": summarize(encoders),
               "seconds": time.perf_counter() - t0}
