@@ -92,11 +92,10 @@ class AttentiveProbe(nn.Module):
         # tokens can stay on that plateau for most of its epochs; at embed_dim ** -0.5 they start at about unit std
         # (docs/eval.md, "The probe"). Scaled after drawing (a truncated normal scales with its std), so a seed draws
         # the same numbers whatever qk_init_std.
-        gain = self.qk_init_std / PROBE_INIT_STD
-        if gain != 1.0:
-            for block in self.blocks:
-                block.attn.q.weight.mul_(gain)
-                block.attn.kv.weight[:self.embed_dim].mul_(gain)  # the key half; the values keep PROBE_INIT_STD
+        gain = self.qk_init_std / PROBE_INIT_STD  # 1.0 at the default: exact, the reference's init unchanged
+        for block in self.blocks:
+            block.attn.q.weight.mul_(gain)
+            block.attn.kv.weight[:self.embed_dim].mul_(gain)  # the key half; the values keep PROBE_INIT_STD
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 3 or tokens.shape[-1] != self.embed_dim or tokens.shape[1] == 0:
